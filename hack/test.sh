@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run): installs and builds everything
+# the tests need, then runs every tier except gpu. Extra args go to pytest.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "${root}"
+venv="$(bash hack/bootstrap.sh)"
+bash hack/tools.sh >/dev/null
+if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
+  KUBEBUILDER_ASSETS="$(bash hack/build-k8s.sh)"
+  export KUBEBUILDER_ASSETS
+fi
+export PATH="${venv}/bin:$(bash hack/tools.sh):${PATH}"
+exec "${venv}/bin/python" -m pytest -m "not gpu" "$@"

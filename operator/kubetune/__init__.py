@@ -1,0 +1,1 @@
+"""kubetune: a Kubernetes operator for self-serve LLM fine-tuning and serving."""

@@ -1,0 +1,35 @@
+"""The contract between the operator and the trainer.
+
+The operator renders a TrainerConfig into a ConfigMap mounted at
+CONFIG_PATH; the trainer reads it back with the same model. Exit codes tell
+the Job's podFailurePolicy what happened.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .common import KubeModel
+from .finetunejob import FineTuneJobSpec
+
+CONFIG_ENV = "KUBETUNE_CONFIG"          # path of the rendered TrainerConfig (JSON)
+CONFIG_PATH = "/etc/kubetune/config.json"
+CONFIG_KEY = "config.json"              # key in the ConfigMap
+
+EXIT_OK = 0
+EXIT_FAILED = 1          # a bug or an unexpected error: counts against backoffLimit
+EXIT_BAD_INPUT = 65      # EX_DATAERR: bad data or config; retrying cannot help, fail the Job at once
+EXIT_PREEMPTED = 75      # EX_TEMPFAIL: SIGTERM handled, complete checkpoint saved; retry without counting
+
+
+class TrainerConfig(KubeModel):
+    """Everything the trainer needs, resolved by the operator (or by `kubetune train` locally)."""
+
+    job_name: str = Field(..., description="FineTuneJob name (also the run name).")
+    namespace: str = Field("default", description="FineTuneJob namespace.")
+    job_uid: str | None = Field(None, description="FineTuneJob UID; guards progress reports against a recreated job.")
+    storage_uri: str = Field(..., description="Resolved root for this run: s3://bucket/prefix/<ns>/<name> or a local directory.")
+    storage_endpoint: str | None = Field(None, description="S3 endpoint URL, if not AWS.")
+    storage_region: str | None = Field(None, description="S3 region.")
+    progress_reporter: str = Field("console", description="console (local runs) or kubernetes (patch own status).")
+    spec: FineTuneJobSpec = Field(..., description="The FineTuneJob spec, defaults applied.")

@@ -1,0 +1,1 @@
+"""The fine-tuning program that runs inside the trainer image (and locally)."""
