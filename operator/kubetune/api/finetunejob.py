@@ -124,7 +124,9 @@ class ResourcesSpec(KubeModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "self.nodes == 1 || self.gpusPerNode >= 1", "message": "nodes > 1 needs gpusPerNode >= 1",
+                # has() guards: the apiserver also checks this rule against the bare `default: {}`.
+                {"rule": "!has(self.nodes) || self.nodes == 1 || !has(self.gpusPerNode) || self.gpusPerNode >= 1",
+                 "message": "nodes > 1 needs gpusPerNode >= 1",
                  "fieldPath": ".nodes"}
             ]
         }

@@ -39,6 +39,13 @@ class ModelSource(KubeModel):
         None, pattern=URI_PATTERN, max_length=2048, description="Base model for an adapter given by uri (serving.mode adapter)."
     )
 
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> "ModelSource":
+        # Mirrors the CEL rule above, for local runs that never meet the apiserver.
+        if (self.fine_tune_job_ref is None) == (self.uri is None):
+            raise ValueError("set exactly one of model.fineTuneJobRef or model.uri")
+        return self
+
 
 class ServingSpec(KubeModel):
     """How vLLM serves the model."""
