@@ -1,0 +1,148 @@
+"""`kubetune train`, `kubetune validate-data` and `kubetune trainer-run`.
+
+Imported by the operator's CLI even where torch is absent, so torch and
+transformers are imported only inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from kubetune.api.trainer_config import CONFIG_ENV, CONFIG_PATH, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, TrainerConfig
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="fine-tune locally from a FineTuneJob manifest")
+    train.add_argument("-f", "--filename", required=True, help="FineTuneJob YAML")
+    train.add_argument("--output-dir", help="local run directory, or s3://bucket/prefix (default: spec.storage.uri, else ./runs/<name>)")
+    train.add_argument("--storage-endpoint", help="S3 endpoint URL (default: spec.storage.endpoint)")
+    train.add_argument("--max-steps", type=int, help="override spec.hyperparameters.maxSteps")
+    train.add_argument("--work-dir", help="scratch directory (default: <output-dir>/.work, or a temp dir for s3://)")
+    train.set_defaults(func=_train)
+
+    check = sub.add_parser("validate-data", help="check a JSONL dataset and print a report (exit 65 on defects)")
+    check.add_argument("file", help="training JSONL")
+    check.add_argument("--validation", help="validation JSONL (checked for leakage from train)")
+    check.add_argument("--test", help="test JSONL")
+    check.add_argument("--format", default="auto", choices=["auto", "chat", "alpaca", "prompt-completion", "text"])
+    check.add_argument("--validation-split", type=float, default=0.1)
+    check.add_argument("--seed", type=int, default=42)
+    who = check.add_mutually_exclusive_group()
+    who.add_argument("--model", help="model URI or path whose tokenizer and chat template measure lengths (pkg://, path, .gguf)")
+    who.add_argument("--tokenizer", help="same as --model: a tokenizer directory or .gguf")
+    check.add_argument("--max-seq-length", type=int, default=1024)
+    check.add_argument("--json", action="store_true", help="print the JSON report instead of text")
+    check.set_defaults(func=_validate_data)
+
+    run = sub.add_parser("trainer-run", help=f"in-container entry point: run the TrainerConfig at ${CONFIG_ENV}")
+    run.set_defaults(func=_trainer_run)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=os.environ.get("KUBETUNE_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+
+
+def _validate_data(args: argparse.Namespace) -> int:
+    from .data import DataError, check_dataset
+
+    count, limit = None, None
+    model = args.model or args.tokenizer
+    try:
+        if model:
+            from .model import load_tokenizer, model_directory
+            from .storage import resolve_uri
+            from .tokenize import count_tokens
+
+            count, limit = count_tokens(load_tokenizer(model_directory(resolve_uri(model, Path.cwd())))), args.max_seq_length
+        report = check_dataset(
+            Path(args.file), args.format,
+            Path(args.validation) if args.validation else None, Path(args.test) if args.test else None,
+            args.validation_split, args.seed, count_tokens=count, max_seq_length=limit,
+        )
+    except (DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
+    return EXIT_OK if report.ok else EXIT_BAD_INPUT
+
+
+def _train(args: argparse.Namespace) -> int:
+    from kubetune.api.manifest import ManifestError, load_manifest
+
+    _logging()
+    try:
+        manifest = load_manifest(args.filename, expect_kind="FineTuneJob")
+    except (ManifestError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    spec = manifest.spec
+    if args.max_steps is not None:
+        spec = spec.model_copy(update={"hyperparameters": spec.hyperparameters.model_copy(update={"max_steps": args.max_steps})})
+    storage_uri = args.output_dir or (spec.storage.uri if spec.storage else str(Path("runs") / manifest.name))
+    endpoint = args.storage_endpoint or (spec.storage.endpoint if spec.storage else None)
+    cfg = TrainerConfig(
+        job_name=manifest.name, namespace=manifest.namespace, storage_uri=storage_uri, storage_endpoint=endpoint,
+        storage_region=spec.storage.region if spec.storage else None, progress_reporter="console", spec=spec,
+    )
+    if args.work_dir:
+        work_dir = Path(args.work_dir)
+    elif storage_uri.startswith("s3://"):
+        work_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "kubetune-work" / f"{manifest.namespace}-{manifest.name}"
+    else:
+        work_dir = Path(storage_uri) / ".work"
+    return _execute(cfg, manifest.source.parent.resolve(), work_dir, local=True)
+
+
+def _trainer_run(args: argparse.Namespace) -> int:
+    _logging()
+    path = Path(os.environ.get(CONFIG_ENV, CONFIG_PATH))
+    try:
+        cfg = TrainerConfig.model_validate_json(path.read_text())
+    except Exception as err:  # noqa: BLE001 - a bad config is bad input whatever the cause
+        print(f"error: cannot read the trainer config {path}: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    work_dir = Path(os.environ.get("KUBETUNE_WORK_DIR", "/tmp/kubetune-work"))
+    # On a cluster relative data paths are rejected by the operator; resolve against the cwd anyway.
+    return _execute(cfg, Path.cwd(), work_dir, local=False)
+
+
+def _execute(cfg: TrainerConfig, base_dir: Path, work_dir: Path, local: bool) -> int:
+    from .progress import make_reporter
+    from .recipe import run
+
+    started = time.monotonic()
+    try:
+        reporter = make_reporter(cfg.progress_reporter, cfg.job_name, cfg.namespace)
+        result = run(cfg, base_dir, work_dir, reporter)
+    except Exception:
+        logging.getLogger("kubetune").exception("training failed")
+        return EXIT_FAILED
+    if result.exit_code == EXIT_OK:
+        print(summary(result, time.monotonic() - started))
+    return result.exit_code
+
+
+def summary(result, seconds: float) -> str:
+    """The last thing a user reads: where the outputs are and what changed."""
+    lines = ["", f"Done in {seconds / 60:.1f} min ({result.steps} steps"
+             + (f", resumed from step {result.resumed_from}" if result.resumed_from else "") + ")."]
+    for name, uri in result.artifacts.items():
+        lines.append(f"  {name:<20} {uri}")
+    ev = result.evaluation
+    if ev and "base" in ev:
+        b, t = ev["base"], ev["tuned"]
+        lines.append(f"Held-out evaluation ({ev['samples']} examples), base → tuned:")
+        lines.append(f"  loss         {b['loss']:.3f} → {t['loss']:.3f}")
+        lines.append(f"  perplexity   {b['perplexity']:.2f} → {t['perplexity']:.2f}")
+        if t["exactMatch"] is not None:
+            lines.append(f"  exact match  {100 * b['exactMatch']:.1f}% → {100 * t['exactMatch']:.1f}%"
+                         f"  ({ev['improvements']} fixed, {ev['regressions']} regressed)")
+    elif ev:
+        lines.append(f"Held-out evaluation ({ev['samples']} examples): loss {ev['tuned']['loss']:.3f}")
+    return "\n".join(lines)
