@@ -101,6 +101,17 @@ def _train(args: argparse.Namespace) -> int:
 
 def _trainer_run(args: argparse.Namespace) -> int:
     _logging()
+    from .launch import TopologyError, launch_command
+
+    try:
+        launcher = launch_command(os.environ)
+    except TopologyError as err:
+        print(f"error: bad distributed environment: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if launcher is not None:
+        # accelerate starts one worker per GPU, each re-entering trainer-run with RANK set;
+        # its exit code (75 on preemption, 65 on bad input) is the pod's.
+        os.execv(launcher[0], launcher)
     path = Path(os.environ.get(CONFIG_ENV, CONFIG_PATH))
     try:
         cfg = TrainerConfig.model_validate_json(path.read_text())
