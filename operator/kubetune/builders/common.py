@@ -1,0 +1,85 @@
+"""Names, labels and owner references shared by every child of a FineTuneJob.
+
+Child names are derived from the FineTuneJob name (never generateName), so a
+restarted operator finds what it created instead of creating it twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from kubetune.api import API_VERSION
+
+MANAGED_BY = "kubetune-operator"
+# An Indexed Job's pod hostname is "<job>-<index>" and must stay a DNS label
+# (63 chars); 52 leaves room for the index and for the controller's pod suffix.
+MAX_JOB_NAME = 52
+MAX_LABEL_VALUE = 63
+
+
+def fit(base: str, suffix: str = "", limit: int = MAX_LABEL_VALUE) -> str:
+    """base + suffix, shortened deterministically (a hash keeps long names distinct)."""
+    if len(base) + len(suffix) <= limit:
+        return base + suffix
+    digest = hashlib.sha256(base.encode()).hexdigest()[:8]
+    head = base[: limit - len(suffix) - len(digest) - 1].rstrip("-.")
+    return f"{head}-{digest}{suffix}"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The FineTuneJob that owns the children being built."""
+
+    name: str
+    namespace: str
+    uid: str
+    kind: str = "FineTuneJob"
+    api_version: str = API_VERSION
+
+    @property
+    def job_name(self) -> str:
+        return fit(self.name, "-train", MAX_JOB_NAME)
+
+    @property
+    def service_name(self) -> str:
+        # Same as the Job: pods of an Indexed Job are reachable as <job>-<i>.<service>.
+        return self.job_name
+
+    @property
+    def configmap_name(self) -> str:
+        return fit(self.name, "-train-config")
+
+    @property
+    def service_account_name(self) -> str:
+        # Also the Role and RoleBinding name.
+        return fit(self.name, "-trainer")
+
+    def labels(self) -> dict[str, str]:
+        return {
+            "app.kubernetes.io/name": "kubetune-trainer",
+            "app.kubernetes.io/instance": fit(self.name),
+            "app.kubernetes.io/component": "trainer",
+            "app.kubernetes.io/part-of": "kubetune",
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+        }
+
+    def owner_reference(self) -> dict:
+        # controller=True lets GC delete children with the FineTuneJob and lets the
+        # operator find the owner of a Job it is told about; no finalizer is needed.
+        return {
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def metadata(self, name: str, labels: dict[str, str] | None = None) -> dict:
+        return {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": {**self.labels(), **(labels or {})},
+            "ownerReferences": [self.owner_reference()],
+        }

@@ -1,0 +1,179 @@
+"""The trainer Job (batch/v1): one pod per node, Indexed when there are several."""
+
+from __future__ import annotations
+
+from kubetune.api.finetunejob import FineTuneJobSpec, StorageSpec
+from kubetune.api.trainer_config import CONFIG_ENV, CONFIG_KEY, CONFIG_PATH, EXIT_BAD_INPUT, EXIT_PREEMPTED
+from kubetune.settings import OperatorSettings
+
+from .common import Owner
+
+CONTAINER = "trainer"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+SCRATCH = "/scratch"
+
+
+def failure_policy() -> dict:
+    """Which pod failures count against backoffLimit.
+
+    The trainer's "bad input" exit fails the Job at once (a retry reads the same
+    data); its "preempted, checkpoint saved" exit and node disruptions (eviction,
+    preemption, node drain: the DisruptionTarget condition) retry without using
+    up the budget. Everything else counts.
+    """
+    return {
+        "rules": [
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_INPUT]}},
+            {"action": "Ignore",
+             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PREEMPTED]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict:
+    ref = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def credential_env(spec: FineTuneJobSpec, storage: StorageSpec) -> list[dict]:
+    """Secrets reach the trainer only as secretKeyRef env vars: the operator never reads them."""
+    env = []
+    if storage.credentials_secret is not None:
+        secret = storage.credentials_secret.name
+        env += [
+            _secret_env("AWS_ACCESS_KEY_ID", secret, "AWS_ACCESS_KEY_ID"),
+            _secret_env("AWS_SECRET_ACCESS_KEY", secret, "AWS_SECRET_ACCESS_KEY"),
+            _secret_env("AWS_SESSION_TOKEN", secret, "AWS_SESSION_TOKEN", optional=True),
+        ]
+    if spec.base_model.token_secret is not None:
+        env.append(_secret_env("HF_TOKEN", spec.base_model.token_secret.name, "HF_TOKEN"))
+    return env
+
+
+def distributed_env(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> list[dict]:
+    """What `accelerate launch` needs: machines, processes, this machine's rank, rank 0's address."""
+    nodes = spec.resources.nodes
+    processes = nodes * max(spec.resources.gpus_per_node, 1)
+    if nodes > 1:
+        # Rank 0 is the pod with completion index 0, addressable through the headless Service.
+        master = f"{owner.job_name}-0.{owner.service_name}.{owner.namespace}.svc"
+        rank = {"name": "MACHINE_RANK", "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}}
+    else:
+        master = "127.0.0.1"
+        rank = {"name": "MACHINE_RANK", "value": "0"}
+    return [
+        {"name": "NUM_MACHINES", "value": str(nodes)},
+        {"name": "NUM_PROCESSES", "value": str(processes)},
+        rank,
+        {"name": "MASTER_ADDR", "value": master},
+        {"name": "MASTER_PORT", "value": str(settings.master_port)},
+    ]
+
+
+def _resources(spec: FineTuneJobSpec) -> dict:
+    res = spec.resources
+    # requests == limits: Guaranteed QoS, so a busy node evicts others first.
+    amounts = {"cpu": res.cpu, "memory": res.memory}
+    if res.gpus_per_node > 0:
+        amounts[res.gpu_resource_name] = str(res.gpus_per_node)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _pod_spec(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, settings: OperatorSettings) -> dict:
+    res = spec.resources
+    env = [
+        {"name": CONFIG_ENV, "value": CONFIG_PATH},
+        {"name": "HOME", "value": SCRATCH},
+        {"name": "HF_HOME", "value": f"{SCRATCH}/huggingface"},
+        # Downloads, checkpoints before upload, outputs: on the pod's scratch volume.
+        {"name": "KUBETUNE_WORK_DIR", "value": f"{SCRATCH}/work"},
+        {"name": "KUBETUNE_CACHE", "value": f"{SCRATCH}/cache"},
+        *distributed_env(owner, spec, settings),
+        *credential_env(spec, storage),
+    ]
+    container = {
+        "name": CONTAINER,
+        "image": spec.images.trainer or settings.trainer_image,
+        "imagePullPolicy": spec.images.pull_policy,
+        "command": ["kubetune", "trainer-run"],
+        "env": env,
+        "resources": _resources(spec),
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_PATH.rsplit("/", 1)[0], "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "scratch", "mountPath": SCRATCH},
+        ],
+        # The trainer's last words (e.g. the data validation summary) end up in the
+        # pod status, where the operator copies them into the FineTuneJob's message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+        },
+    }
+    pod = {
+        "restartPolicy": "Never",  # required by podFailurePolicy; the Job controller retries
+        "serviceAccountName": owner.service_account_name,
+        # The token is mounted only here, for the progress reporter (see build_trainer_rbac).
+        "automountServiceAccountToken": True,
+        "terminationGracePeriodSeconds": settings.termination_grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.trainer_uid,
+            "runAsGroup": settings.trainer_uid,
+            "fsGroup": settings.trainer_uid,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": owner.configmap_name, "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}]}},
+            # NCCL and data loader workers share memory through /dev/shm; the default 64Mi is far too small.
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    }
+    if res.nodes > 1:
+        pod["subdomain"] = owner.service_name
+    if res.node_selector:
+        pod["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod["tolerations"] = [t.to_wire() for t in res.tolerations]
+    if res.priority_class_name:
+        pod["priorityClassName"] = res.priority_class_name
+    return pod
+
+
+def build_job(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, settings: OperatorSettings) -> dict:
+    nodes = spec.resources.nodes
+    job_labels = {QUEUE_LABEL: spec.queue_name} if spec.queue_name else {}
+    job_spec = {
+        "completions": nodes,
+        "parallelism": nodes,
+        "completionMode": "Indexed" if nodes > 1 else "NonIndexed",
+        "backoffLimit": spec.backoff_limit,
+        "podFailurePolicy": failure_policy(),
+        # Start a replacement only once the old pod is gone, so two trainers never
+        # write the same checkpoints (the only value allowed with podFailurePolicy).
+        "podReplacementPolicy": "Failed",
+        # Created suspended when queued: Kueue admits it by unsuspending.
+        "suspend": spec.suspend or spec.queue_name is not None,
+        "template": {
+            "metadata": {"labels": owner.labels()},
+            "spec": _pod_spec(owner, spec, storage, settings),
+        },
+    }
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": owner.metadata(owner.job_name, job_labels),
+        "spec": job_spec,
+    }

@@ -1,0 +1,83 @@
+"""kopf handlers: they only pick the FineTuneJob to reconcile and call reconcile().
+
+No deletion handlers are registered, so kopf adds no finalizer: deleting a
+FineTuneJob never waits for the operator, and owner references let the
+garbage collector remove its children.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kubetune.api import API_VERSION, GROUP, VERSION
+from kubetune.builders.common import MANAGED_BY
+from kubetune.metrics import PHASE_BOOK, observe_reconcile
+from kubetune.reconcile import Context, job_summary, reconcile
+
+FTJ = (GROUP, VERSION, "finetunejobs")
+# Fields whose change after the Job exists is applied; the Job's pod template is immutable.
+APPLIED_ON_UPDATE = {("suspend",)}
+
+
+@kopf.on.create(*FTJ)
+def on_create(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    with observe_reconcile("create"):
+        reconcile(memo.ctx, dict(body), logger, fresh=True)
+
+
+@kopf.on.resume(*FTJ)
+def on_resume(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """The operator (re)started and finds an existing FineTuneJob: converge it."""
+    with observe_reconcile("resume"):
+        reconcile(memo.ctx, dict(body), logger)
+
+
+@kopf.on.update(*FTJ, field="spec")
+def on_spec_change(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    ignored = sorted(".".join(map(str, d.field)) for d in diff if tuple(d.field[:1]) not in APPLIED_ON_UPDATE)
+    if ignored and body.get("status", {}).get("phase"):
+        kopf.warn(body, reason="SpecChangeIgnored",
+                  message=f"spec.{', spec.'.join(ignored)} changed after the trainer Job was created and is not "
+                          "applied (only spec.suspend is); delete and recreate the FineTuneJob to change it")
+    with observe_reconcile("update"):
+        reconcile(memo.ctx, dict(body), logger)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
+def on_trainer_job(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """The trainer Job changed (pods started, failed, finished): refresh its owner's status."""
+    ctx: Context = memo.ctx
+    uid = body.metadata.uid
+    if type == "DELETED":
+        ctx.handled_jobs.pop(uid, None)
+    elif ctx.handled_jobs.get(uid) == job_summary(body):
+        return  # e.g. the Job controller's bookkeeping: nothing the status depends on moved
+    owner = next((ref for ref in body.metadata.get("ownerReferences", [])
+                  if ref.get("controller") and ref.get("apiVersion") == API_VERSION and ref.get("kind") == "FineTuneJob"),
+                 None)
+    if owner is None:
+        return
+    ftj = ctx.kube.get(API_VERSION, "FineTuneJob", body.metadata.namespace, owner["name"])
+    if ftj is None or ftj["metadata"]["uid"] != owner["uid"]:
+        return  # the owner is gone (or was recreated): garbage collection handles this Job
+    with observe_reconcile("job"):
+        # A deleted Job is looked up again (and recreated unless the FineTuneJob is finished).
+        reconcile(ctx, ftj, logger, job=None if type == "DELETED" else dict(body))
+
+
+@kopf.on.event(*FTJ)
+def on_finetunejob_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
+                         **_: Any) -> None:
+    """Count phases for /metrics; and a first progress report turns Validating into Running.
+
+    The trainer's status patches change no spec, so no other handler sees them.
+    """
+    status = body.get("status", {})
+    key = f"{body.metadata.namespace}/{body.metadata.name}"
+    PHASE_BOOK.record(key, None if type == "DELETED" else status.get("phase") or "Pending")
+    if type != "DELETED" and status.get("phase") == "Validating" and (status.get("progress") or status.get("dataset")):
+        with observe_reconcile("progress"):
+            reconcile(memo.ctx, dict(body), logger)

@@ -1,0 +1,92 @@
+"""Runs `kubetune operator` as a subprocess acting as its own ServiceAccount.
+
+The ServiceAccount, ClusterRole and binding are rendered from the Helm chart
+(`helm template`: exactly what a platform team installs), and the kubeconfig carries a TokenRequest token: the operator
+under test has exactly the production privileges, never cluster-admin.
+Shared by the e2e tests and benchmarks/operator_scale.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+import yaml
+
+from tests.support.controlplane import ControlPlane, service_account_client
+from tests.support.procs import ManagedProcess, free_port, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "helm" / "kubetune"
+RELEASE = "kubetune"  # the chart names its objects "<release>-operator"
+NAMESPACE = "kubetune-system"
+SERVICE_ACCOUNT = "kubetune-operator"
+
+
+def install_operator_rbac(cluster: ControlPlane) -> None:
+    if cluster.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
+        cluster.create_namespace(NAMESPACE)
+    rendered = subprocess.run(
+        ["helm", "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+         "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/clusterrole.yaml",
+         "--show-only", "templates/clusterrolebinding.yaml"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    manifest = cluster.workdir / "operator-rbac.yaml"
+    manifest.write_text(rendered)
+    cluster.kubectl("apply", "-f", str(manifest))
+
+
+def operator_kubeconfig(cluster: ControlPlane, path: Path) -> Path:
+    api = service_account_client(cluster, NAMESPACE, SERVICE_ACCOUNT, expiration_seconds=4 * 3600, create=False)
+    token = api.configuration.api_key["authorization"]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "operator",
+        "clusters": [{"name": "test", "cluster": {"server": cluster.server,
+                                                  "certificate-authority": str(cluster.pki.ca_cert)}}],
+        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "test", "user": SERVICE_ACCOUNT}}],
+    }))
+    path.chmod(0o600)
+    return path
+
+
+class OperatorProcess:
+    def __init__(self, cluster: ControlPlane, env: dict[str, str] | None = None):
+        install_operator_rbac(cluster)
+        self.cluster = cluster
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        kubeconfig = operator_kubeconfig(cluster, cluster.workdir / "operator.kubeconfig")
+        full_env = {**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})}
+        full_env.pop("KUBERNETES_SERVICE_HOST", None)  # use the kubeconfig even inside a pod
+        self.process = ManagedProcess(
+            "kubetune-operator",
+            [sys.executable, "-m", "kubetune.cli", "operator", "--all-namespaces",
+             f"--metrics-port={self.metrics_port}", f"--liveness-port={self.liveness_port}"],
+            cluster.log_dir, env=full_env,
+        )
+        cluster.processes["kubetune-operator"] = self.process  # logs shown on failure, stopped at teardown
+
+    def start(self) -> "OperatorProcess":
+        self.process.start()
+
+        def alive() -> bool:
+            self.process.check_alive()
+            return requests.get(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2).status_code == 200
+
+        wait_for(alive, 60, "the operator's /healthz", on_timeout=self.process.describe)
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    @property
+    def pid(self) -> int:
+        return self.process.proc.pid
+
+    def metrics(self) -> str:
+        return requests.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text

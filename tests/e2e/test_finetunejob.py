@@ -1,0 +1,331 @@
+"""FineTuneJob end to end on the simulated cluster, with the operator as its own ServiceAccount.
+
+KWOK plays the kubelet: trainer pods run on fake GPU nodes and end as the
+pod template's annotations say (tests/support/kwok.py). A Job's template is
+mutable only while the Job is suspended and has not started, so tests that
+need a particular pod outcome create the FineTuneJob suspended, annotate
+the Job's template, then unsuspend — the same path Kueue uses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+from kubetune.api import GROUP, VERSION
+from kubetune.api.finetunejob import Progress
+from kubetune_trainer.progress import KubernetesStatusReporter
+from tests.e2e.operator_process import OperatorProcess
+from tests.support import kwok
+from tests.support.controlplane import ControlPlane, service_account_client
+from tests.support.procs import wait_for
+
+pytestmark = pytest.mark.e2e
+
+NS = "ftj-e2e"
+PLURAL = "finetunejobs"
+SECRET_VALUE = "e2e-secret-value-never-copied"
+RUN_FOREVER = {kwok.RUN_DURATION: "87600h"}
+
+
+@pytest.fixture(scope="module")
+def operator(e2e_cluster: ControlPlane, kubetune_crds: list[str]) -> Iterator[OperatorProcess]:
+    e2e_cluster.create_namespace(NS)
+    k8s.CoreV1Api(e2e_cluster.api_client()).create_namespaced_secret(NS, k8s.V1Secret(
+        metadata=k8s.V1ObjectMeta(name="s3-creds"),
+        string_data={"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": SECRET_VALUE}))
+    op = OperatorProcess(e2e_cluster, env={"KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:e2e",
+                                           "KUBETUNE_DEFAULT_STORAGE_URI": "s3://platform/runs"}).start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture(scope="module")
+def api(e2e_cluster: ControlPlane) -> "Api":
+    return Api(e2e_cluster)
+
+
+class Api:
+    """The user's (admin) view of the cluster, with small waits."""
+
+    def __init__(self, cluster: ControlPlane):
+        self.cluster = cluster
+        client = cluster.api_client()
+        self.custom = k8s.CustomObjectsApi(client)
+        self.batch = k8s.BatchV1Api(client)
+        self.core = k8s.CoreV1Api(client)
+
+    def apply(self, name: str, suspend: bool = False, **spec) -> dict:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "baseModel": {"uri": "s3://models/tiny"},
+                "dataset": {"train": "s3://data/train.jsonl"},
+                "storage": {"uri": "s3://runs/e2e", "credentialsSecret": {"name": "s3-creds"}},
+                "resources": {"gpusPerNode": 1, "cpu": "2", "memory": "8Gi"},
+                "suspend": suspend,
+                **spec,
+            },
+        }
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+
+    def ftj(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+
+    def patch_spec(self, name: str, **spec) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name, {"spec": spec})
+
+    def job(self, name: str) -> k8s.V1Job:
+        return self.batch.read_namespaced_job(f"{name}-train", NS)
+
+    def jobs_of(self, name: str) -> list[k8s.V1Job]:
+        return self.batch.list_namespaced_job(NS, label_selector=f"app.kubernetes.io/instance={name}").items
+
+    def pods_of(self, name: str) -> list[k8s.V1Pod]:
+        return self.core.list_namespaced_pod(NS, label_selector=f"app.kubernetes.io/instance={name}").items
+
+    def wait_status(self, name: str, check, what: str, timeout: float = 60) -> dict:
+        def probe():
+            status = self.ftj(name).get("status") or {}
+            return status if check(status) else None
+
+        return wait_for(probe, timeout, f"{name}: {what}",
+                        on_timeout=lambda: json.dumps(self.ftj(name).get("status"), indent=1) + "\n"
+                        + self.cluster.describe())
+
+    def wait_phase(self, name: str, *phases: str, timeout: float = 60) -> dict:
+        return self.wait_status(name, lambda s: s.get("phase") in phases, f"phase in {phases}", timeout)
+
+    def start_with_pod_annotations(self, name: str, annotations: dict[str, str], **spec) -> None:
+        """Create suspended, put KWOK's instructions on the Job's pod template, then unsuspend."""
+        self.apply(name, suspend=True, **spec)
+        self.wait_phase(name, "Suspended")
+        self.annotate_template(name, annotations)
+        self.patch_spec(name, suspend=False)
+
+    def annotate_template(self, name: str, annotations: dict[str, str]) -> None:
+        # Allowed while the Job is suspended and has never started.
+        self.batch.patch_namespaced_job(f"{name}-train", NS,
+                                        {"spec": {"template": {"metadata": {"annotations": annotations}}}})
+
+    def condition(self, status: dict, ctype: str) -> dict:
+        return next(c for c in status["conditions"] if c["type"] == ctype)
+
+    def event_reasons(self, name: str) -> list[str]:
+        events = self.core.list_namespaced_event(NS, field_selector=f"involvedObject.name={name}").items
+        return [e.reason for e in sorted(events, key=lambda e: e.metadata.creation_timestamp)]
+
+
+def test_finetunejob_runs_on_a_gpu_node_and_succeeds(operator: OperatorProcess, api: Api, e2e_cluster: ControlPlane):
+    api.apply("happy")
+    cm = wait_for(lambda: api.core.read_namespaced_config_map("happy-train-config", NS), 30, "ConfigMap")
+    config = json.loads(cm.data["config.json"])
+    assert config["storageUri"] == "s3://runs/e2e/ftj-e2e/happy"
+    assert SECRET_VALUE not in json.dumps(cm.data)
+    job = wait_for(lambda: api.job("happy"), 30, "Job")
+    assert job.metadata.owner_references[0].kind == "FineTuneJob"
+    env = {e.name: e for e in job.spec.template.spec.containers[0].env}
+    assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "s3-creds"
+    status = api.wait_phase("happy", "Succeeded")
+    pods = api.pods_of("happy")
+    assert len(pods) == 1 and pods[0].spec.node_name in e2e_cluster.nodes["gpu"]
+    assert status["artifacts"]["adapterUri"] == "s3://runs/e2e/ftj-e2e/happy/adapter"
+    assert status["artifacts"]["evaluationReportUri"].endswith("/reports/evaluation.json")
+    assert api.condition(status, "Ready")["status"] == "True"
+    assert api.condition(status, "Stalled")["status"] == "False"
+    assert all(c["observedGeneration"] == api.ftj("happy")["metadata"]["generation"] for c in status["conditions"])
+    assert status["completionTime"] and status["attempts"] == 1
+    # An Event per transition, ending with the success.
+    wait_for(lambda: "Succeeded" in api.event_reasons("happy"), 20, "the Succeeded event")
+    # No secret value anywhere the operator writes.
+    assert SECRET_VALUE not in json.dumps(api.ftj("happy"))
+    assert SECRET_VALUE not in operator.process.log_path.read_text()
+    wait_for(lambda: 'kubetune_finetunejobs{phase="Succeeded"}' in operator.metrics(), 10, "phase gauge")
+    assert "kubetune_reconcile_duration_seconds_bucket" in operator.metrics()
+
+
+def test_failing_pod_is_retried_then_fails_stalled(operator: OperatorProcess, api: Api):
+    api.start_with_pod_annotations("crash", {kwok.EXIT_CODE: "1"}, backoffLimit=1)
+    status = api.wait_phase("crash", "Failed", timeout=90)
+    assert status["attempts"] == 2  # the first attempt and one retry
+    assert "BackoffLimitExceeded" in status["message"]
+    assert "trainer exited 1" in status["message"]
+    stalled = api.condition(status, "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "BackoffLimitExceeded")
+    assert api.condition(status, "Reconciling")["status"] == "False"
+    wait_for(lambda: "Failed" in api.event_reasons("crash"), 20, "the Failed event")
+
+
+def test_bad_input_fails_at_once(operator: OperatorProcess, api: Api):
+    api.start_with_pod_annotations("bad-data", {kwok.EXIT_CODE: "65"}, backoffLimit=3)
+    status = api.wait_phase("bad-data", "Failed", timeout=60)
+    assert status["attempts"] == 1
+    assert api.condition(status, "Stalled")["reason"] == "PodFailurePolicy"
+    assert "rejected its input (exit 65)" in status["message"]
+
+
+def test_preemption_and_disruption_do_not_use_up_retries(operator: OperatorProcess, api: Api):
+    # backoffLimit 0: any counted failure would fail the job at once.
+    api.start_with_pod_annotations("preempted", {kwok.EXIT_CODE: "75"}, backoffLimit=0)
+    status = api.wait_status("preempted", lambda s: (s.get("attempts") or 0) >= 3, "three preempted attempts", 90)
+    assert status["phase"] != "Failed"
+    assert "not counted against backoffLimit" in status["message"]
+    assert not api.job("preempted").status.failed
+    assert not [c for c in api.job("preempted").status.conditions or [] if c.type == "Failed"]
+    api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "preempted")  # ends the loop
+
+    # A disruption (the evictor or the scheduler's preemption sets DisruptionTarget; we play it).
+    api.start_with_pod_annotations("disrupted", RUN_FOREVER, backoffLimit=0)
+    pod = wait_for(lambda: next((p for p in api.pods_of("disrupted") if p.status.phase == "Running"), None), 30,
+                   "a running pod")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    api.core.patch_namespaced_pod_status(pod.metadata.name, NS, {"status": {
+        "phase": "Failed",
+        "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler",
+                        "lastTransitionTime": now}],
+        "containerStatuses": [{"name": "trainer", "image": "kubetune-trainer:e2e", "imageID": "", "ready": False,
+                               "restartCount": 0, "state": {"terminated": {
+                                   "exitCode": 137, "reason": "Error", "startedAt": now, "finishedAt": now}}}],
+    }})
+    status = api.wait_status("disrupted", lambda s: (s.get("attempts") or 0) >= 2, "a replacement pod", 60)
+    assert status["phase"] != "Failed"
+    assert "disrupted (PreemptionByScheduler)" in status["message"]
+    assert not api.job("disrupted").status.failed
+    api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "disrupted")
+
+
+def test_suspend_resume_and_delete(operator: OperatorProcess, api: Api):
+    api.start_with_pod_annotations("pausable", RUN_FOREVER)
+    api.wait_phase("pausable", "Validating", "Running")
+    api.patch_spec("pausable", suspend=True)
+    status = api.wait_phase("pausable", "Suspended")
+    assert api.condition(status, "Reconciling")["status"] == "False"
+    assert api.job("pausable").spec.suspend is True
+    wait_for(lambda: not api.pods_of("pausable"), 30, "pods removed while suspended")
+    api.patch_spec("pausable", suspend=False)
+    api.wait_phase("pausable", "Validating", "Running")
+    assert api.job("pausable").spec.suspend is False
+    assert len(api.jobs_of("pausable")) == 1
+    assert "Suspended" in api.event_reasons("pausable")
+    assert "SpecChangeIgnored" not in api.event_reasons("pausable")  # suspend is applied, not ignored
+    api.patch_spec("pausable", hyperparameters={"learningRate": 0.001})
+    wait_for(lambda: "SpecChangeIgnored" in api.event_reasons("pausable"), 20, "a warning about the ignored change")
+    # Deleting never waits on the operator (no finalizers); GC removes the children.
+    assert not api.ftj("pausable")["metadata"].get("finalizers")
+    operator.stop()
+    try:
+        api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "pausable")
+        wait_for(lambda: not [o for o in api.custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"]
+                              if o["metadata"]["name"] == "pausable"], 10, "the FineTuneJob gone without the operator")
+        wait_for(lambda: not api.jobs_of("pausable"), 60, "the Job garbage-collected")
+    finally:
+        operator.start()
+
+
+def test_two_nodes_make_an_indexed_job_with_rank_wiring(operator: OperatorProcess, api: Api, e2e_cluster: ControlPlane):
+    api.start_with_pod_annotations("multi", RUN_FOREVER, resources={"nodes": 2, "gpusPerNode": 4, "cpu": "4",
+                                                                     "memory": "16Gi"})
+    svc = api.core.read_namespaced_service("multi-train", NS)
+    assert svc.spec.cluster_ip == "None"
+    job = api.job("multi")
+    assert (job.spec.completion_mode, job.spec.completions, job.spec.parallelism) == ("Indexed", 2, 2)
+    pod_spec = job.spec.template.spec
+    assert pod_spec.subdomain == "multi-train"
+    env = {e.name: e for e in pod_spec.containers[0].env}
+    assert env["MASTER_ADDR"].value == "multi-train-0.multi-train.ftj-e2e.svc"
+    assert env["NUM_MACHINES"].value == "2" and env["NUM_PROCESSES"].value == "8"
+    assert env["MACHINE_RANK"].value_from.field_ref.field_path == (
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']")
+    pods = wait_for(lambda: (lambda ps: ps if len(ps) == 2 and all(p.status.phase == "Running" for p in ps) else None)(
+        api.pods_of("multi")), 30, "two running pods")
+    indexes = sorted(p.metadata.annotations["batch.kubernetes.io/job-completion-index"] for p in pods)
+    assert indexes == ["0", "1"]
+    assert sorted(p.spec.hostname for p in pods) == ["multi-train-0", "multi-train-1"]
+    assert all(p.spec.node_name in e2e_cluster.nodes["gpu"] for p in pods)
+    # The Service resolves the ranks: both pods are its endpoints.
+    discovery = k8s.DiscoveryV1Api(api.cluster.api_client())
+
+    def endpoints() -> int:
+        slices = discovery.list_namespaced_endpoint_slice(NS, label_selector="kubernetes.io/service-name=multi-train")
+        return sum(len(s.endpoints or []) for s in slices.items)
+
+    wait_for(lambda: endpoints() == 2, 30, "two endpoints behind the headless Service")
+    api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "multi")
+
+
+def test_operator_restart_leaves_one_job_and_converges(operator: OperatorProcess, api: Api):
+    api.start_with_pod_annotations("restart-run", {kwok.RUN_DURATION: "8s"})
+    api.start_with_pod_annotations("restart-fail", {kwok.EXIT_CODE: "1", kwok.RUN_DURATION: "6s"}, backoffLimit=0)
+    api.wait_phase("restart-run", "Validating", "Running")
+    operator.stop()
+    try:
+        api.apply("restart-new")  # created while the operator is down
+        time.sleep(8)  # both trainer pods finish meanwhile
+    finally:
+        operator.start()
+    api.wait_phase("restart-run", "Succeeded")
+    api.wait_phase("restart-fail", "Failed")
+    api.wait_phase("restart-new", "Succeeded")
+    for name in ("restart-run", "restart-fail", "restart-new"):
+        assert len(api.jobs_of(name)) == 1
+    # A second restart with nothing to do changes nothing.
+    before = {n: api.ftj(n)["status"] for n in ("restart-run", "restart-fail")}
+    operator.stop()
+    operator.start()
+    time.sleep(3)
+    assert {n: api.ftj(n)["status"] for n in before} == before
+
+
+def test_relative_paths_fail_with_a_message(operator: OperatorProcess, api: Api):
+    api.apply("laptop-paths", dataset={"train": "./data/train.jsonl"})
+    status = api.wait_phase("laptop-paths", "Failed")
+    assert status["message"].startswith("spec.dataset.train: relative path './data/train.jsonl'")
+    assert api.condition(status, "Stalled")["reason"] == "InvalidSpec"
+    assert not api.jobs_of("laptop-paths")
+
+
+def test_trainer_reports_progress_with_its_own_minimal_credentials(operator: OperatorProcess, api: Api,
+                                                                     e2e_cluster: ControlPlane):
+    api.start_with_pod_annotations("progress", RUN_FOREVER)
+    api.apply("neighbour", suspend=True)
+    api.wait_phase("progress", "Validating", "Running")
+    # The trainer's identity: the per-job ServiceAccount the pod runs as, token from TokenRequest.
+    sa = api.job("progress").spec.template.spec.service_account_name
+    trainer = k8s.CustomObjectsApi(service_account_client(e2e_cluster, NS, sa, create=False))
+    t0 = time.monotonic()
+    # The trainer's own reporter, as `kubetune trainer-run` builds it, on that identity.
+    reporter = KubernetesStatusReporter("progress", NS, api=trainer)
+    reporter.report(Progress(step=40, total_steps=100, epoch=1.2, percent=40, train_loss=1.234, eval_loss=1.5,
+                             tokens_per_second=2400.0, eta_seconds=600), force=True)
+
+    def columns() -> list[str] | None:
+        out = e2e_cluster.kubectl("get", "ftj", "progress", "-n", NS, "--no-headers").stdout.split()
+        return out if out[1:5] == ["Running", "40", "1.234", "1.5"] else None
+
+    wait_for(columns, 30, "kubectl get ftj to show Running, 40%, the losses")
+    assert time.monotonic() - t0 < 30
+    assert api.ftj("progress")["status"]["phase"] == "Running"  # the operator kept its fields
+
+    def forbidden(call) -> bool:
+        try:
+            call()
+        except ApiException as err:
+            return err.status == 403
+        return False
+
+    core = k8s.CoreV1Api(trainer.api_client)
+    assert forbidden(lambda: trainer.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "neighbour"))
+    assert forbidden(lambda: trainer.patch_namespaced_custom_object_status(
+        GROUP, VERSION, NS, PLURAL, "neighbour", {"status": {"progress": {"step": 1}}}))
+    assert forbidden(lambda: trainer.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL))
+    assert forbidden(lambda: trainer.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "progress",
+                                                                    {"spec": {"suspend": True}}))
+    assert forbidden(lambda: core.read_namespaced_secret("s3-creds", NS))
+    assert forbidden(lambda: core.list_namespaced_secret(NS))
+    assert trainer.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "progress")["metadata"]["name"] == "progress"
+    api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "progress")
