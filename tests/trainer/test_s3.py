@@ -33,30 +33,31 @@ def test_checkpoints_and_adapter_land_in_s3_and_data_comes_from_s3(s3_server, s3
     train, val = tiny_data
     client.upload_file(str(train), s3_bucket, "data/train.jsonl")
     job = write_job(tmp_path / "job.yaml", tiny_model, train, val, maxSteps=4,
-                    storage={"uri": f"s3://{s3_bucket}/runs/tiny", "endpoint": s3_server.endpoint_url,
+                    storage={"uri": f"s3://{s3_bucket}/runs", "endpoint": s3_server.endpoint_url,
                              "checkpointIntervalSteps": 2})
     job.write_text(job.read_text().replace(str(train), f"s3://{s3_bucket}/data/train.jsonl"))
     proc = run_trainer(job, s3_server.env)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
-    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="runs/tiny/")["Contents"]}
-    assert "runs/tiny/adapter/adapter_model.safetensors" in keys
-    assert "runs/tiny/reports/evaluation.json" in keys and "runs/tiny/metrics.jsonl" in keys
+    # The run root is <storage.uri>/<namespace>/<name>, as the operator lays it out.
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="runs/default/tiny/")["Contents"]}
+    assert "runs/default/tiny/adapter/adapter_model.safetensors" in keys
+    assert "runs/default/tiny/reports/evaluation.json" in keys and "runs/default/tiny/metrics.jsonl" in keys
     # keep 2 (checkpointsKept default): the newest plus the best-eval one, each with its manifest.
-    kept = manifests(client, s3_bucket, "runs/tiny/checkpoints/")
-    assert len(kept) == 2 and "runs/tiny/checkpoints/step-00000004/MANIFEST.json" in kept
-    assert f"s3://{s3_bucket}/runs/tiny/adapter" in output
+    kept = manifests(client, s3_bucket, "runs/default/tiny/checkpoints/")
+    assert len(kept) == 2 and "runs/default/tiny/checkpoints/step-00000004/MANIFEST.json" in kept
+    assert f"s3://{s3_bucket}/runs/default/tiny/adapter" in output
 
 
 def test_s3_outage_during_upload_is_ridden_out(s3_server, s3_bucket, tiny_model, tiny_data, tmp_path):
     client = s3_server.client()
     train, val = tiny_data
     job = write_job(tmp_path / "job.yaml", tiny_model, train, val, maxSteps=40,
-                    storage={"uri": f"s3://{s3_bucket}/runs/outage", "endpoint": s3_server.endpoint_url,
+                    storage={"uri": f"s3://{s3_bucket}/runs", "endpoint": s3_server.endpoint_url,
                              "checkpointIntervalSteps": 5, "checkpointsKept": 20})
     proc = run_trainer(job, s3_server.env)
     deadline = time.monotonic() + 120
-    while not manifests(client, s3_bucket, "runs/outage/checkpoints/"):
+    while not manifests(client, s3_bucket, "runs/default/tiny/checkpoints/"):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
         time.sleep(0.02)
     s3_server.stop()  # later checkpoint uploads now fail with connection errors
@@ -71,6 +72,6 @@ def test_s3_outage_during_upload_is_ridden_out(s3_server, s3_bucket, tiny_model,
     assert proc.returncode == 0, output
     assert "retrying" in output  # the outage was seen and ridden out, not avoided
     client = s3_server.client()
-    assert "runs/outage/checkpoints/step-00000040/MANIFEST.json" in manifests(client, s3_bucket, "runs/outage/checkpoints/")
-    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="runs/outage/adapter/")["Contents"]}
-    assert "runs/outage/adapter/adapter_model.safetensors" in keys
+    assert "runs/default/tiny/checkpoints/step-00000040/MANIFEST.json" in manifests(client, s3_bucket, "runs/default/tiny/checkpoints/")
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="runs/default/tiny/adapter/")["Contents"]}
+    assert "runs/default/tiny/adapter/adapter_model.safetensors" in keys

@@ -14,13 +14,21 @@ import sys
 import time
 from pathlib import Path
 
-from kubetune.api.trainer_config import CONFIG_ENV, CONFIG_PATH, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, TrainerConfig
+from kubetune.api.trainer_config import (
+    CONFIG_ENV,
+    CONFIG_PATH,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_OK,
+    TrainerConfig,
+    run_root,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="fine-tune locally from a FineTuneJob manifest")
     train.add_argument("-f", "--filename", required=True, help="FineTuneJob YAML")
-    train.add_argument("--output-dir", help="local run directory, or s3://bucket/prefix (default: spec.storage.uri, else ./runs/<name>)")
+    train.add_argument("--output-dir", help="run directory or s3:// prefix, used as is (default: <spec.storage.uri>/<namespace>/<name>, else ./runs/<name>)")
     train.add_argument("--storage-endpoint", help="S3 endpoint URL (default: spec.storage.endpoint)")
     train.add_argument("--max-steps", type=int, help="override spec.hyperparameters.maxSteps")
     train.add_argument("--work-dir", help="scratch directory (default: <output-dir>/.work, or a temp dir for s3://)")
@@ -84,7 +92,12 @@ def _train(args: argparse.Namespace) -> int:
     spec = manifest.spec
     if args.max_steps is not None:
         spec = spec.model_copy(update={"hyperparameters": spec.hyperparameters.model_copy(update={"max_steps": args.max_steps})})
-    storage_uri = args.output_dir or (spec.storage.uri if spec.storage else str(Path("runs") / manifest.name))
+    if args.output_dir:
+        storage_uri = args.output_dir
+    elif spec.storage:
+        storage_uri = run_root(spec.storage.uri, manifest.namespace, manifest.name)
+    else:
+        storage_uri = str(Path("runs") / manifest.name)
     endpoint = args.storage_endpoint or (spec.storage.endpoint if spec.storage else None)
     cfg = TrainerConfig(
         job_name=manifest.name, namespace=manifest.namespace, storage_uri=storage_uri, storage_endpoint=endpoint,

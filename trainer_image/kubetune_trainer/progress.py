@@ -8,14 +8,22 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from kubetune.api.common import GROUP, VERSION
-from kubetune.api.finetunejob import Progress
+from kubetune.api.finetunejob import CheckpointRef, DatasetSummary, EvaluationSummary, Progress
 
 log = logging.getLogger(__name__)
+
+
+# The status sections the trainer owns besides progress, by the key they occupy in status.
+Section = DatasetSummary | CheckpointRef | EvaluationSummary
+SECTION_KEYS: dict[type, str] = {DatasetSummary: "dataset", CheckpointRef: "lastCheckpoint", EvaluationSummary: "evaluation"}
 
 
 class ProgressReporter(Protocol):
     def report(self, progress: Progress, force: bool = False) -> None:
         """Publish the latest progress; `force` bypasses throttling (the final report)."""
+
+    def publish(self, section: Section) -> None:
+        """Publish a rare, whole status section: the data summary, a new complete checkpoint, the evaluation."""
 
     def close(self) -> None: ...
 
@@ -42,6 +50,9 @@ class ConsoleReporter:
         if progress.tokens_per_second is not None:
             fields["tok/s"] = f"{progress.tokens_per_second:.0f}"
         self._bar.set_postfix(fields, refresh=True)
+
+    def publish(self, section: Section) -> None:
+        pass  # a local run prints the data report and the final summary itself
 
     def close(self) -> None:
         if self._bar is not None:
@@ -83,13 +94,20 @@ class KubernetesStatusReporter:
         if not force and now - self._last_sent < self.min_interval_s:
             return
         self._last_sent = now
-        try:
-            self._client().patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.namespace, self.PLURAL, self.name, self.body(progress)
-            )
+        if self._patch(self.body(progress)):
             self._pending = None
-        except Exception as err:  # noqa: BLE001 - progress is informative; never fail training over it
-            log.warning("could not report progress to %s/%s: %s", self.namespace, self.name, err)
+
+    def publish(self, section: Section) -> None:
+        # Called from the checkpoint uploader's thread too; each call is one independent patch.
+        self._patch({"status": {SECTION_KEYS[type(section)]: section.to_wire()}})
+
+    def _patch(self, body: dict) -> bool:
+        try:
+            self._client().patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.PLURAL, self.name, body)
+            return True
+        except Exception as err:  # noqa: BLE001 - status is informative; never fail training over it
+            log.warning("could not report status to %s/%s: %s", self.namespace, self.name, err)
+            return False
 
     def close(self) -> None:
         if self._pending is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.finetunejob import FineTuneJobSpec, Progress
+from kubetune.api.finetunejob import CheckpointRef, DatasetSummary, EvaluationSummary, FineTuneJobSpec, Progress
 from kubetune.api.trainer_config import EXIT_BAD_INPUT, EXIT_OK, EXIT_PREEMPTED, TrainerConfig
 
 from . import data as data_mod
@@ -155,6 +155,8 @@ def _make_callbacks(run: "_Run") -> list[Any]:
             return control
 
         def on_save(self, args, state, control, **kw):
+            if not state.is_world_process_zero:
+                return  # one uploader per job: rank 0's
             ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             (ckpt / RESUME_STATE).write_text(json.dumps(run.resume_state()))
             run.uploader.submit(ckpt, state.global_step, {"evalLoss": run.eval_loss, "trainLoss": run.train_loss})
@@ -169,7 +171,11 @@ class _Run:
         self.reporter, self.preemption = reporter, preemption
         self.storage = open_storage(cfg.storage_uri, cfg.storage_endpoint, cfg.storage_region)
         keep = self.spec.storage.checkpoints_kept if self.spec.storage else 2
-        self.uploader = CheckpointUploader(self.storage, keep)
+        self.uploader = CheckpointUploader(
+            self.storage, keep,
+            on_complete=lambda info: reporter.publish(
+                CheckpointRef(uri=self.storage.uri(info.key), step=info.step, time=now())),
+        )
         self.metrics: list[dict[str, Any]] = []
         self.total_steps = 0
         self.tokens_per_step = 0.0
@@ -217,6 +223,10 @@ class _Run:
             force=force,
         )
 
+    def save_data_report(self, report: data_mod.DataReport) -> None:
+        self.storage.put_json(report.to_dict(), DATA_REPORT)
+        self.reporter.publish(dataset_summary(report, self.storage.uri(DATA_REPORT)))
+
     # -- phases -----------------------------------------------------------------------------
     def check_data(self) -> tuple[data_mod.DataReport, Any, Path]:
         ds = self.spec.dataset
@@ -234,7 +244,7 @@ class _Run:
         report = data_mod.check_dataset(paths["train"], ds.format, paths.get("validation"), paths.get("test"),
                                         ds.validation_split, ds.seed, sources=sources)
         if not report.ok:
-            self.storage.put_json(report.to_dict(), DATA_REPORT)
+            self.save_data_report(report)
             raise BadInput(report.format_text())
         try:
             model_dir = model_directory(resolve(self.spec.base_model.uri))
@@ -245,7 +255,7 @@ class _Run:
         too_long, stats = data_mod.token_length_check(report.train + report.validation + report.test, count_tokens(tokenizer), limit)
         report.errors += too_long
         report.token_lengths = stats
-        self.storage.put_json(report.to_dict(), DATA_REPORT)
+        self.save_data_report(report)
         if not report.ok:
             raise BadInput(report.format_text())
         return report, tokenizer, model_dir
@@ -375,8 +385,28 @@ def _train_and_evaluate(r: _Run, report: data_mod.DataReport, tokenizer: Any, mo
         print(f"preempted: complete checkpoint at step {trainer.state.global_step} in {r.storage.uri('checkpoints')}", flush=True)
         result.exit_code = EXIT_PREEMPTED
         return
+    if not trainer.is_world_process_zero():
+        return  # rank 0 exports, evaluates and reports; the other workers are done
     r.report(trainer.state, force=True)
     _finish(r, model, tokenizer, model_dir, final_set, base, result)
+
+
+def dataset_summary(report: data_mod.DataReport, report_uri: str) -> DatasetSummary:
+    return DatasetSummary(
+        format=report.format, examples=len(report.train), validation_examples=len(report.validation),
+        invalid_lines=len(report.errors), duplicates_removed=len(report.duplicates),
+        leaked_examples=len(report.leaked), warnings=report.warnings[:50], report_uri=report_uri,
+    )
+
+
+def evaluation_summary(evaluation: dict[str, Any]) -> EvaluationSummary:
+    base, tuned = evaluation.get("base") or {}, evaluation["tuned"]
+    return EvaluationSummary(
+        samples=evaluation["samples"], base_loss=base.get("loss"), tuned_loss=tuned["loss"],
+        base_perplexity=base.get("perplexity"), tuned_perplexity=tuned["perplexity"],
+        base_exact_match=base.get("exactMatch"), tuned_exact_match=tuned["exactMatch"],
+        regressions=evaluation.get("regressions"),
+    )
 
 
 def _eval_loader(trainer: Any, rows: list[dict], collator: Any, batch_size: int):
@@ -409,6 +439,7 @@ def _finish(r: _Run, model: Any, tokenizer: Any, model_dir: Path, final_set: lis
         evaluation["stoppedEarly"] = r.stopped_early
         r.storage.put_json(evaluation, EVAL_REPORT)
         result.evaluation = evaluation
+        r.reporter.publish(evaluation_summary(evaluation))
         result.artifacts["evaluationReportUri"] = r.storage.uri(EVAL_REPORT)
     r.storage.put_bytes((r.work_dir / METRICS).read_bytes(), METRICS)
     result.artifacts["metricsUri"] = r.storage.uri(METRICS)

@@ -392,15 +392,31 @@ def resolve_uri(uri: str, base_dir: Path | None = None, endpoint: str | None = N
     if uri.startswith("s3://"):
         return _download_s3(uri, endpoint, region)
     if uri.startswith("hf://"):
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(uri.removeprefix("hf://"), token=os.environ.get("HF_TOKEN")))
+        return _download_hf(uri)
     path = Path(uri.removeprefix("file://"))
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     if not path.exists():
         raise FileNotFoundError(f"{uri}: {path} does not exist")
     return path.resolve()
+
+
+def _download_hf(uri: str) -> Path:
+    """hf://org/name is a model repository; hf://org/name/path/file.jsonl is a file of a dataset repository."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    org, _, rest = uri.removeprefix("hf://").partition("/")
+    name, _, filename = rest.partition("/")
+    token = os.environ.get("HF_TOKEN")
+    try:
+        if filename:
+            return Path(hf_hub_download(f"{org}/{name}", filename, repo_type="dataset", token=token))
+        return Path(snapshot_download(f"{org}/{name}", token=token))
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated: all mean "cannot get it"
+        raise FileNotFoundError(
+            f"{uri}: cannot download from the Hugging Face hub ({type(err).__name__}: {err}); "
+            "use s3:// or a path where the hub is unreachable"
+        ) from err
 
 
 def _download_s3(uri: str, endpoint: str | None, region: str | None, workers: int = 8) -> Path:

@@ -164,7 +164,7 @@ class StorageSpec(KubeModel):
 
     uri: str = Field(
         ..., max_length=2048,
-        description="s3://bucket/prefix under which the job writes checkpoints/, adapter/, reports. (Local runs also accept a directory.)",
+        description="s3://bucket/prefix; the job writes checkpoints/, adapter/ and reports/ under <prefix>/<namespace>/<name>/. (Local runs also accept a directory.)",
     )
     endpoint: str | None = Field(None, pattern=r"^https?://.+", max_length=2048, description="S3 endpoint URL for non-AWS stores (MinIO, Ceph, ...).")
     region: str | None = Field(None, max_length=64, description="S3 region.")

@@ -22,6 +22,15 @@ EXIT_BAD_INPUT = 65      # EX_DATAERR: bad data or config; retrying cannot help,
 EXIT_PREEMPTED = 75      # EX_TEMPFAIL: SIGTERM handled, complete checkpoint saved; retry without counting
 
 
+def run_root(storage_uri: str, namespace: str, name: str) -> str:
+    """Where one job's checkpoints and artifacts live: <storage.uri>/<namespace>/<name>.
+
+    The same on a cluster and in `kubetune train`, so a job started on a laptop
+    and continued on a cluster (or the other way) finds its checkpoints.
+    """
+    return f"{storage_uri.rstrip('/')}/{namespace}/{name}"
+
+
 class TrainerConfig(KubeModel):
     """Everything the trainer needs, resolved by the operator (or by `kubetune train` locally)."""
 

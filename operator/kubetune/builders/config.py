@@ -6,7 +6,7 @@ import json
 
 from kubetune.api.common import SecretRef
 from kubetune.api.finetunejob import FineTuneJobSpec, StorageSpec
-from kubetune.api.trainer_config import CONFIG_KEY, TrainerConfig
+from kubetune.api.trainer_config import CONFIG_KEY, TrainerConfig, run_root
 from kubetune.settings import OperatorSettings
 
 from .common import Owner
@@ -29,7 +29,7 @@ def effective_storage(spec: FineTuneJobSpec, settings: OperatorSettings) -> Stor
 
 def run_storage_uri(storage: StorageSpec, owner: Owner) -> str:
     """Where this job's checkpoints and artifacts live: <prefix>/<namespace>/<name>."""
-    return f"{storage.uri.rstrip('/')}/{owner.namespace}/{owner.name}"
+    return run_root(storage.uri, owner.namespace, owner.name)
 
 
 def cluster_spec_problems(spec: FineTuneJobSpec, settings: OperatorSettings) -> list[str]:
