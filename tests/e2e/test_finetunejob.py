@@ -281,6 +281,27 @@ def test_operator_restart_leaves_one_job_and_converges(operator: OperatorProcess
     assert {n: api.ftj(n)["status"] for n in before} == before
 
 
+def test_operator_restart_mid_suspend_and_multi_node_converges(operator: OperatorProcess, api: Api):
+    api.start_with_pod_annotations("restart-pause", RUN_FOREVER)
+    api.wait_phase("restart-pause", "Validating", "Running")
+    api.apply("restart-multi", resources={"nodes": 2, "gpusPerNode": 4, "cpu": "4", "memory": "16Gi"})
+    wait_for(lambda: api.jobs_of("restart-multi"), 30, "the multi-node Job")
+    operator.stop()
+    try:
+        api.patch_spec("restart-pause", suspend=True)  # the user suspends while the operator is down
+    finally:
+        operator.start()
+    status = api.wait_phase("restart-pause", "Suspended")
+    assert api.job("restart-pause").spec.suspend is True
+    assert status["observedGeneration"] == api.ftj("restart-pause")["metadata"]["generation"]
+    api.wait_phase("restart-multi", "Succeeded")
+    assert len(api.jobs_of("restart-pause")) == 1 and len(api.jobs_of("restart-multi")) == 1
+    services = api.core.list_namespaced_service(NS, label_selector="app.kubernetes.io/instance=restart-multi").items
+    assert len(services) == 1 and services[0].spec.cluster_ip == "None"
+    for name in ("restart-pause", "restart-multi"):
+        api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+
+
 def test_relative_paths_fail_with_a_message(operator: OperatorProcess, api: Api):
     api.apply("laptop-paths", dataset={"train": "./data/train.jsonl"})
     status = api.wait_phase("laptop-paths", "Failed")
