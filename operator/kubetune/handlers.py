@@ -1,12 +1,14 @@
 """kopf handlers: they only pick the FineTuneJob to reconcile and call reconcile().
 
-No deletion handlers are registered, so kopf adds no finalizer: deleting a
-FineTuneJob never waits for the operator, and owner references let the
-garbage collector remove its children.
+No deletion handlers (and no kopf timers or daemons, which would also need one)
+are registered, so kopf adds no finalizer: deleting a FineTuneJob never waits
+for the operator, and owner references let the garbage collector remove its
+children. The periodic resync is a plain task started with the operator.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -16,6 +18,7 @@ from kubetune.api import API_VERSION, GROUP, VERSION
 from kubetune.builders.common import MANAGED_BY
 from kubetune.metrics import PHASE_BOOK, observe_reconcile
 from kubetune.reconcile import Context, job_summary, reconcile
+from kubetune.status import TERMINAL
 
 FTJ = (GROUP, VERSION, "finetunejobs")
 # Fields whose change after the Job exists is applied; the Job's pod template is immutable.
@@ -81,3 +84,35 @@ def on_finetunejob_event(type: str | None, body: kopf.Body, memo: kopf.Memo, log
     if type != "DELETED" and status.get("phase") == "Validating" and (status.get("progress") or status.get("dataset")):
         with observe_reconcile("progress"):
             reconcile(memo.ctx, dict(body), logger)
+
+
+@kopf.on.startup()
+async def start_resync(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    memo.resync_task = asyncio.create_task(resync_loop(memo.ctx, logger))
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync_task")
+    if task is not None:
+        task.cancel()
+
+
+async def resync_loop(ctx: Context, logger: logging.Logger) -> None:
+    """Re-reconcile every unfinished FineTuneJob now and then: the safety net for lost events."""
+    while True:
+        await asyncio.sleep(ctx.settings.resync_seconds)
+        for key in PHASE_BOOK.keys_except(TERMINAL):
+            namespace, name = key.split("/", 1)
+            try:
+                await asyncio.to_thread(_resync_one, ctx, namespace, name, logger)
+            except Exception:  # noqa: BLE001 - one failure must not end the loop; the next round retries
+                logger.exception("resync of %s failed", key)
+
+
+def _resync_one(ctx: Context, namespace: str, name: str, logger: logging.Logger) -> None:
+    ftj = ctx.kube.get(API_VERSION, "FineTuneJob", namespace, name)
+    if ftj is None:
+        return  # deleted; the watch's DELETED event drops it from the book
+    with observe_reconcile("resync"):
+        reconcile(ctx, ftj, logger)

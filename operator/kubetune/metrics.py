@@ -41,6 +41,12 @@ class PhaseBook:
             JOBS_BY_PHASE.labels(phase=name).set(counts.get(name, 0))
 
 
+    def keys_except(self, phases: frozenset[str]) -> list[str]:
+        """namespace/name of every FineTuneJob seen whose phase is not one of `phases`."""
+        with self._lock:
+            return [key for key, phase in self._phases.items() if phase not in phases]
+
+
 PHASE_BOOK = PhaseBook()
 
 

@@ -36,6 +36,9 @@ class OperatorSettings:
     trainer_uid: int = 10001  # the USER of Dockerfile.trainer
     # Threads running handlers at once (and HTTP connections they share).
     workers: int = 32
+    # Seconds between re-reconciliations of unfinished FineTuneJobs (kopf does not retry
+    # event handlers, so a Job event lost to an API error would otherwise leave status stale).
+    resync_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorSettings":
@@ -53,4 +56,5 @@ class OperatorSettings:
             termination_grace_seconds=int(env.get("KUBETUNE_TERMINATION_GRACE_SECONDS", "120")),
             trainer_uid=int(env.get("KUBETUNE_TRAINER_UID", "10001")),
             workers=int(env.get("KUBETUNE_WORKERS", "32")),
+            resync_seconds=float(env.get("KUBETUNE_RESYNC_SECONDS", "60")),
         )

@@ -40,7 +40,8 @@ def operator(e2e_cluster: ControlPlane, kubetune_crds: list[str]) -> Iterator[Op
         metadata=k8s.V1ObjectMeta(name="s3-creds"),
         string_data={"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": SECRET_VALUE}))
     op = OperatorProcess(e2e_cluster, env={"KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:e2e",
-                                           "KUBETUNE_DEFAULT_STORAGE_URI": "s3://platform/runs"}).start()
+                                           "KUBETUNE_DEFAULT_STORAGE_URI": "s3://platform/runs",
+                                           "KUBETUNE_RESYNC_SECONDS": "3"}).start()
     yield op
     op.stop()
 
@@ -300,6 +301,19 @@ def test_operator_restart_mid_suspend_and_multi_node_converges(operator: Operato
     assert len(services) == 1 and services[0].spec.cluster_ip == "None"
     for name in ("restart-pause", "restart-multi"):
         api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+
+
+def test_a_stale_status_is_repaired_by_the_periodic_resync(operator: OperatorProcess, api: Api):
+    # Stands in for a lost Job event: nothing on the watch streams will trigger a reconcile.
+    api.start_with_pod_annotations("stale", RUN_FOREVER)
+    api.wait_phase("stale", "Validating", "Running")
+    api.custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "stale",
+                                                     {"status": {"phase": "Pending", "message": "stale"}})
+    status = api.wait_status("stale", lambda s: s.get("phase") == "Validating" and s.get("message") != "stale",
+                             "the resync to restore the phase", timeout=20)
+    assert api.condition(status, "Reconciling")["status"] == "True"
+    assert len(api.jobs_of("stale")) == 1
+    api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "stale")
 
 
 def test_relative_paths_fail_with_a_message(operator: OperatorProcess, api: Api):
