@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import kopf
@@ -81,6 +82,8 @@ def on_finetunejob_event(type: str | None, body: kopf.Body, memo: kopf.Memo, log
     status = body.get("status", {})
     key = f"{body.metadata.namespace}/{body.metadata.name}"
     PHASE_BOOK.record(key, None if type == "DELETED" else status.get("phase") or "Pending")
+    if type == "DELETED":
+        memo.ctx.last_reconciled.pop(key, None)
     if type != "DELETED" and status.get("phase") == "Validating" and (status.get("progress") or status.get("dataset")):
         with observe_reconcile("progress"):
             reconcile(memo.ctx, dict(body), logger)
@@ -103,6 +106,8 @@ async def resync_loop(ctx: Context, logger: logging.Logger) -> None:
     while True:
         await asyncio.sleep(ctx.settings.resync_seconds)
         for key in PHASE_BOOK.keys_except(TERMINAL):
+            if time.monotonic() - ctx.last_reconciled.get(key, 0.0) < ctx.settings.resync_seconds:
+                continue  # an event reconciled it recently; a resync would only repeat that work
             namespace, name = key.split("/", 1)
             try:
                 await asyncio.to_thread(_resync_one, ctx, namespace, name, logger)

@@ -33,7 +33,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: object) -> 
     # The handler threads bound the API calls in flight. kopf's per-object workers linger
     # idle_timeout (5 s) after their object's last event, and each holds copies of its body:
     # 64 slots throttled a burst to ~10 new jobs/s, no cap let memory grow with the burst;
-    # 300 kept 500 simultaneous jobs under p99 17 s and 175 MB (docs/benchmarks.md).
+    # 300 balanced latency and memory for 500 simultaneous jobs (docs/benchmarks.md).
     settings.queueing.worker_limit = 300
     settings.execution.max_workers = memo.ctx.settings.workers
     # Handler state lives in annotations: the structural status schema would prune status.kopf.

@@ -7,6 +7,7 @@ trainer Job), so whatever woke the operator up, it converges on the same state.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -39,6 +40,8 @@ class Context:
     settings: OperatorSettings
     # Job uid -> the Job state last reconciled; Job events that change nothing in it are skipped.
     handled_jobs: dict[str, tuple] = field(default_factory=dict)
+    # namespace/name -> time.monotonic() of its last reconciliation; the resync skips recent ones.
+    last_reconciled: dict[str, float] = field(default_factory=dict)
 
 
 def job_summary(job: dict) -> tuple:
@@ -79,6 +82,7 @@ def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None 
     meta = ftj["metadata"]
     if meta.get("deletionTimestamp"):
         return  # being garbage-collected (children go first in foreground deletion): never recreate
+    ctx.last_reconciled[f"{meta['namespace']}/{meta['name']}"] = time.monotonic()
     owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
     try:
         previous = FineTuneJobStatus.model_validate(ftj.get("status") or {})
