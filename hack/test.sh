@@ -5,10 +5,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "${root}"
 venv="$(bash hack/bootstrap.sh)"
-bash hack/tools.sh >/dev/null
+tools_bin="$(bash hack/tools.sh)"
 if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   KUBEBUILDER_ASSETS="$(bash hack/build-k8s.sh)"
   export KUBEBUILDER_ASSETS
 fi
-export PATH="${venv}/bin:$(bash hack/tools.sh):${PATH}"
+export PATH="${venv}/bin:${tools_bin}:${PATH}"
 exec "${venv}/bin/python" -m pytest -m "not gpu" "$@"

@@ -49,3 +49,24 @@ def test_env_points_boto3_at_the_server(s3_server, s3_bucket, monkeypatch):
     s3 = boto3.client("s3")
     s3.put_object(Bucket=s3_bucket, Key="env", Body=b"z")
     assert s3_server.client().get_object(Bucket=s3_bucket, Key="env")["Body"].read() == b"z"
+
+
+def test_model_prefix_downloads_once_and_is_reused(s3_server, s3_bucket, tmp_path, monkeypatch):
+    from kubetune_trainer.storage import resolve_uri
+
+    monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="models/tiny/config.json", Body=b"{}")
+    client.put_object(Bucket=s3_bucket, Key="models/tiny/weights/model.safetensors", Body=b"x" * 1000)
+    local = resolve_uri(f"s3://{s3_bucket}/models/tiny", endpoint=s3_server.endpoint_url)
+    assert (local / "config.json").read_bytes() == b"{}"
+    assert (local / "weights" / "model.safetensors").stat().st_size == 1000
+    first = (local / "weights" / "model.safetensors").stat().st_mtime_ns
+    # Unchanged objects (same size) are not fetched again; a changed one is.
+    client.put_object(Bucket=s3_bucket, Key="models/tiny/config.json", Body=b'{"a": 1}')
+    again = resolve_uri(f"s3://{s3_bucket}/models/tiny", endpoint=s3_server.endpoint_url)
+    assert again == local
+    assert (local / "weights" / "model.safetensors").stat().st_mtime_ns == first
+    assert (local / "config.json").read_bytes() == b'{"a": 1}'

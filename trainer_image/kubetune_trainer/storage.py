@@ -208,15 +208,19 @@ class S3Storage(Storage):
         self._retry(f"download {key} from", lambda: self.client.download_file(self.bucket, self._key(key), str(tmp)))
         os.replace(tmp, local)
 
-    def list_keys(self, prefix: str) -> list[str]:
-        """Every key under prefix, relative to it."""
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """Every key under prefix, relative to it, with its size (one listing, no per-object HEAD)."""
         full = self._key(prefix).rstrip("/") + "/"
 
-        def list_all() -> list[str]:
+        def list_all() -> dict[str, int]:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
-            return [o["Key"][len(full):] for page in pages for o in page.get("Contents", [])]
+            return {o["Key"][len(full):]: o["Size"] for page in pages for o in page.get("Contents", [])}
 
         return self._retry(f"list {prefix} in", list_all)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under prefix, relative to it."""
+        return list(self.list_sizes(prefix))
 
     def list_dirs(self, prefix: str) -> list[str]:
         full = self._key(prefix).rstrip("/") + "/"
@@ -429,18 +433,17 @@ def _download_s3(uri: str, endpoint: str | None, region: str | None, workers: in
         if not (target.is_file() and target.stat().st_size == size):
             store.get_file(key, target)
         return target
-    objects = store.list_keys(key.rstrip("/"))
-    if not objects:
+    sizes = store.list_sizes(key.rstrip("/"))
+    if not sizes:
         raise FileNotFoundError(f"{uri}: no such object or prefix")
 
     def fetch(rel: str) -> None:
-        src = f"{key.rstrip('/')}/{rel}"
         dest = target / rel
-        if not (dest.is_file() and dest.stat().st_size == _object_size(store, src)):
-            store.get_file(src, dest)
+        if not (dest.is_file() and dest.stat().st_size == sizes[rel]):
+            store.get_file(f"{key.rstrip('/')}/{rel}", dest)
 
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(fetch, objects))
+        list(pool.map(fetch, sizes))
     return target
 
 

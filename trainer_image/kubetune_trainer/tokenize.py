@@ -134,6 +134,15 @@ def pack(encoded: list[Encoded], max_len: int, seed: int) -> list[Packed]:
     return packed
 
 
+def _right_pad(rows: list[dict[str, list[int]]], pad_id: int) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """Token ids and labels padded to the longest row (padding is never learned), and each row's pad count."""
+    width = max(len(r["input_ids"]) for r in rows)
+    pads = [width - len(r["input_ids"]) for r in rows]
+    ids = [r["input_ids"] + [pad_id] * pad for r, pad in zip(rows, pads)]
+    labels = [r["labels"] + [IGNORE_INDEX] * pad for r, pad in zip(rows, pads)]
+    return ids, labels, pads
+
+
 class PackedCollator:
     """Pads packed rows to the longest in the batch with a padding 'example' of its own.
 
@@ -148,13 +157,8 @@ class PackedCollator:
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
 
-        width = max(len(r["input_ids"]) for r in rows)
-        ids, labels, pos = [], [], []
-        for r in rows:
-            pad = width - len(r["input_ids"])
-            ids.append(r["input_ids"] + [self.pad_id] * pad)
-            labels.append(r["labels"] + [IGNORE_INDEX] * pad)
-            pos.append(r["position_ids"] + list(range(pad)))
+        ids, labels, pads = _right_pad(rows, self.pad_id)
+        pos = [r["position_ids"] + list(range(pad)) for r, pad in zip(rows, pads)]
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(pos)}
 
 
@@ -167,13 +171,8 @@ class PaddedCollator:
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
 
-        width = max(len(r["input_ids"]) for r in rows)
-        ids, labels, mask = [], [], []
-        for r in rows:
-            pad = width - len(r["input_ids"])
-            ids.append(r["input_ids"] + [self.pad_id] * pad)
-            labels.append(r["labels"] + [IGNORE_INDEX] * pad)
-            mask.append([1] * len(r["input_ids"]) + [0] * pad)
+        ids, labels, pads = _right_pad(rows, self.pad_id)
+        mask = [[1] * len(r["input_ids"]) + [0] * pad for r, pad in zip(rows, pads)]
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
 
 
