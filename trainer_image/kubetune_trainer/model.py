@@ -98,10 +98,27 @@ def load_model(model_dir: Path, spec: FineTuneJobSpec, trust_remote_code: bool =
     else:
         kwargs["dtype"] = compute_dtype(spec)
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    if quant is not None:
+        _keep_cpu_4bit_layout(model)
     # No KV cache in training: it is useless there, and with one transformers
     # would not build the block-diagonal mask for packed sequences.
     model.config.use_cache = False
     return model
+
+
+def _keep_cpu_4bit_layout(model: Any) -> None:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights.
+
+    On CPUs with AVX512-BF16, a Linear4bit called in eval mode without gradients
+    (our base-model scoring before training) repacks its weight into another
+    layout. That fails outright for layers narrower than the 64-value
+    quantization block ("shape '[32, 0]' is invalid") and leaves weights in an
+    inference layout that training then uses. The plain 4-bit path works on
+    every CPU; GPUs never take this branch.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def prepare_for_training(model: Any, spec: FineTuneJobSpec) -> Any:
