@@ -6,6 +6,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "${root}"
 venv="$(bash hack/bootstrap.sh)"
 tools_bin="$(bash hack/tools.sh)"
+bash hack/gateway-api-crds.sh >/dev/null
 if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   KUBEBUILDER_ASSETS="$(bash hack/build-k8s.sh)"
   export KUBEBUILDER_ASSETS

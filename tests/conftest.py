@@ -16,6 +16,7 @@ pytest_plugins = [
         "tests.support.s3_fixtures",
         "tests.support.cluster_fixtures",
         "tests.support.prometheus_fixtures",
+        "tests.support.serving_fixtures",
     )
     if importlib.util.find_spec(name) is not None
 ]

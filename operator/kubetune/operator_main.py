@@ -14,9 +14,10 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
-from kubetune import handlers  # noqa: F401  (registers the handlers with kopf)
+from kubetune.finetunejob import handlers as _finetunejob_handlers  # noqa: F401  (registers with kopf)
+from kubetune.modeldeployment import handlers as _modeldeployment_handlers  # noqa: F401
 from kubetune.k8s import Kube
-from kubetune.reconcile import Context
+from kubetune.context import Context
 from kubetune.settings import OperatorSettings
 
 ANNOTATION_PREFIX = "kubetune.io"

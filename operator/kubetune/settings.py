@@ -39,6 +39,10 @@ class OperatorSettings:
     # Seconds between re-reconciliations of unfinished FineTuneJobs (kopf does not retry
     # event handlers, so a Job event lost to an API error would otherwise leave status stale).
     resync_seconds: float = 60.0
+    # Prometheus for canary analysis when a ModelDeployment names none.
+    prometheus_address: str | None = None
+    # Seconds between passes over ModelDeployments with a rollout under way (steps, analysis, retirements).
+    rollout_tick_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorSettings":
@@ -57,4 +61,6 @@ class OperatorSettings:
             trainer_uid=int(env.get("KUBETUNE_TRAINER_UID", "10001")),
             workers=int(env.get("KUBETUNE_WORKERS", "32")),
             resync_seconds=float(env.get("KUBETUNE_RESYNC_SECONDS", "60")),
+            prometheus_address=env.get("KUBETUNE_PROMETHEUS_ADDRESS") or None,
+            rollout_tick_seconds=float(env.get("KUBETUNE_ROLLOUT_TICK_SECONDS", "5")),
         )

@@ -12,7 +12,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from kubetune.api.finetunejob import FineTuneJobSpec, StorageSpec
-from kubetune.builders import build_job
+from kubetune.builders.trainer import build_job
 from kubetune.builders.common import Owner
 from kubetune.settings import OperatorSettings
 from tests.support.controlplane import ControlPlane

@@ -6,6 +6,7 @@
   1 CPU-only node. Both fixtures return a `ControlPlane` (kubeconfig, api_client(), kubectl(), create_namespace();
   `e2e_cluster.nodes` names the fake nodes).
 - `kubetune_crds` (session): crds/ applied to `kube_api` and Established.
+- `gateway_api_crds` (session): the Gateway API standard CRDs (HTTPRoute, ...) likewise.
 - `service_account_client(cluster, namespace, name)`: an ApiClient acting as a
   ServiceAccount, via TokenRequest.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -85,6 +87,19 @@ def kubetune_crds(kube_api: ControlPlane) -> list[str]:
         # Its garbage collector learns owner kinds from discovery and refreshes only
         # every 30 s; until then objects owned by a FineTuneJob are never collected.
         kube_api.restart_controller_manager()
+    return names
+
+
+@pytest.fixture(scope="session")
+def gateway_api_crds(kube_api: ControlPlane) -> list[str]:
+    """The Gateway API standard CRDs (pinned Go module, hack/gateway-api-crds.sh) applied and Established."""
+    crd_dir = Path(subprocess.run(["bash", str(REPO / "hack" / "gateway-api-crds.sh")], check=True,
+                                  capture_output=True, text=True).stdout.strip())
+    kube_api.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_dir))
+    names = [yaml.safe_load(p.read_text())["metadata"]["name"] for p in sorted(crd_dir.glob("*.yaml"))]
+    kube_api.kubectl("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    if "kube-controller-manager" in kube_api.processes:
+        kube_api.restart_controller_manager()  # see kubetune_crds: GC learns new kinds from discovery
     return names
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from kubetune.api import FineTuneJobSpec
 from kubetune.api.trainer_config import CONFIG_KEY, TrainerConfig
-from kubetune.builders import (
-    Owner,
+from kubetune.builders.common import MAX_JOB_NAME, Owner
+from kubetune.builders.trainer import (
     build_configmap,
     build_headless_service,
     build_job,
@@ -18,7 +18,6 @@ from kubetune.builders import (
     cluster_spec_problems,
     effective_storage,
 )
-from kubetune.builders.common import MAX_JOB_NAME
 from kubetune.settings import OperatorSettings
 
 pytestmark = pytest.mark.unit

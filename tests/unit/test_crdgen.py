@@ -7,7 +7,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from kubetune.api.crdgen import FINETUNEJOB, MODELDEPLOYMENT, RESOURCES, build_crd, crd_files
+from kubetune.api.crdgen import build_crd, crd_files
+from kubetune.api.resources import FINETUNEJOB, MODELDEPLOYMENT, RESOURCES
 
 pytestmark = pytest.mark.unit
 

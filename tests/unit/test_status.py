@@ -8,7 +8,7 @@ import pytest
 
 from kubetune.api import FineTuneJobSpec, FineTuneJobStatus
 from kubetune.api.finetunejob import Progress
-from kubetune.status import Observed, derive_status, status_patch
+from kubetune.finetunejob.status import Observed, derive_status, status_patch
 
 pytestmark = pytest.mark.unit
 

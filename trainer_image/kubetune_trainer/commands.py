@@ -1,4 +1,4 @@
-"""`kubetune train`, `kubetune validate-data` and `kubetune trainer-run`.
+"""`kubetune train`, `kubetune validate-data`, `kubetune trainer-run` and `kubetune pull-model`.
 
 Imported by the operator's CLI even where torch is absent, so torch and
 transformers are imported only inside the handlers.
@@ -50,6 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     run = sub.add_parser("trainer-run", help=f"in-container entry point: run the TrainerConfig at ${CONFIG_ENV}")
     run.set_defaults(func=_trainer_run)
+
+    pull = sub.add_parser("pull-model", help="download an s3:// prefix (or a hf:// model) into a directory")
+    pull.add_argument("uri", help="s3://bucket/prefix or hf://org/name")
+    pull.add_argument("dest", help="directory to fill (created if missing)")
+    pull.set_defaults(func=_pull_model)
 
 
 def _logging() -> None:
@@ -134,6 +139,58 @@ def _trainer_run(args: argparse.Namespace) -> int:
     work_dir = Path(os.environ.get("KUBETUNE_WORK_DIR", "/tmp/kubetune-work"))
     # On a cluster relative data paths are rejected by the operator; resolve against the cwd anyway.
     return _execute(cfg, Path.cwd(), work_dir, local=False)
+
+
+def _pull_model(args: argparse.Namespace) -> int:
+    """The serving pods' init container: S3 access from the standard AWS_* variables."""
+    _logging()
+    dest = Path(args.dest)
+    try:
+        if args.uri.startswith("s3://") and args.uri.removeprefix("s3://").strip("/").count("/") >= 1:
+            count, size = _pull_s3(args.uri, dest)
+        elif args.uri.startswith("hf://") and args.uri.removeprefix("hf://").count("/") == 1:
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(args.uri.removeprefix("hf://"), local_dir=dest, token=os.environ.get("HF_TOKEN"))
+            files = [p for p in dest.rglob("*") if p.is_file() and ".cache" not in p.parts]
+            count, size = len(files), sum(p.stat().st_size for p in files)
+        else:
+            print(f"error: {args.uri}: pull-model takes s3://bucket/prefix or hf://org/name", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    except Exception as err:  # noqa: BLE001 - one line for the pod's termination message
+        print(f"error: cannot pull {args.uri}: {type(err).__name__}: {err}".replace("\n", " "), file=sys.stderr)
+        return EXIT_FAILED
+    print(f"pulled {count} files ({size / 2**20:.1f} MiB) from {args.uri} into {dest}")
+    return EXIT_OK
+
+
+def _pull_s3(uri: str, dest: Path) -> tuple[int, int]:
+    """Every object under the prefix, in parallel; files already there with the right size are kept
+    (an init container that restarts resumes). Returns (files, bytes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .storage import S3Storage
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    prefix = prefix.strip("/")
+    store = S3Storage(f"s3://{bucket}", os.environ.get("AWS_ENDPOINT_URL"),
+                      os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
+    sizes = {rel: n for rel, n in store.list_sizes(prefix).items() if rel and not rel.endswith("/")}
+    if not sizes:
+        raise FileNotFoundError(f"no objects under {uri.rstrip('/')}/ (pull-model copies a prefix: a model directory)")
+    root = dest.resolve()
+    for rel in sizes:
+        if not (root / rel).resolve().is_relative_to(root):
+            raise ValueError(f"object key {rel!r} would be written outside {dest}")
+
+    def fetch(rel: str) -> None:
+        target = root / rel
+        if not (target.is_file() and target.stat().st_size == sizes[rel]):
+            store.get_file(f"{prefix}/{rel}", target)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(fetch, sizes))
+    return len(sizes), sum(sizes.values())
 
 
 def _execute(cfg: TrainerConfig, base_dir: Path, work_dir: Path, local: bool) -> int:

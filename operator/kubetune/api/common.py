@@ -51,6 +51,16 @@ class Toleration(KubeModel):
     )
 
 
+class PlacementSpec(KubeModel):
+    """Where pods run and what each one gets: shared by trainer and serving pods."""
+
+    gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253, description="Extended resource name of the GPU.")
+    cpu: str = Field("4", pattern=QUANTITY_PATTERN, description="CPU request and limit per pod.")
+    memory: str = Field("32Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit per pod.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Taints the pods tolerate.")
+
+
 class SecretRef(KubeModel):
     """A Secret in the resource's own namespace."""
 

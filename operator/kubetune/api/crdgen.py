@@ -10,71 +10,13 @@ nothing else; the rules themselves live next to the fields they constrain.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
 from .common import GROUP, VERSION, KubeModel
-from .finetunejob import FineTuneJobSpec, FineTuneJobStatus
-from .modeldeployment import ModelDeploymentSpec, ModelDeploymentStatus
-
-
-@dataclass(frozen=True)
-class ResourceDef:
-    kind: str
-    plural: str
-    short_names: tuple[str, ...]
-    spec: type[KubeModel]
-    status: type[KubeModel]
-    description: str
-    printer_columns: tuple[dict[str, str], ...] = field(default_factory=tuple)
-
-    @property
-    def singular(self) -> str:
-        return self.kind.lower()
-
-    @property
-    def crd_name(self) -> str:
-        return f"{self.plural}.{GROUP}"
-
-
-AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
-
-FINETUNEJOB = ResourceDef(
-    kind="FineTuneJob",
-    plural="finetunejobs",
-    short_names=("ftj",),
-    spec=FineTuneJobSpec,
-    status=FineTuneJobStatus,
-    description="Fine-tunes a base model with QLoRA, LoRA or full training on GPU pods, checkpointing to S3.",
-    printer_columns=(
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percent", "description": "Percent of steps done"},
-        {"name": "Loss", "type": "number", "jsonPath": ".status.progress.trainLoss"},
-        {"name": "Eval", "type": "number", "jsonPath": ".status.progress.evalLoss"},
-        AGE,
-    ),
-)
-
-MODELDEPLOYMENT = ResourceDef(
-    kind="ModelDeployment",
-    plural="modeldeployments",
-    short_names=("mdep",),
-    spec=ModelDeploymentSpec,
-    status=ModelDeploymentStatus,
-    description="Serves a model with vLLM and rolls new revisions out behind a Prometheus-analysed canary.",
-    printer_columns=(
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Stable", "type": "string", "jsonPath": ".status.stable.revision"},
-        {"name": "Canary", "type": "string", "jsonPath": ".status.canary.revision"},
-        {"name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight"},
-        AGE,
-    ),
-)
-
-RESOURCES: tuple[ResourceDef, ...] = (FINETUNEJOB, MODELDEPLOYMENT)
+from .resources import RESOURCES, ResourceDef
 
 _DROP_KEYS = {"title", "additionalProperties", "$defs"}
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .common import QUANTITY_PATTERN, Condition, KubeModel, SecretRef, Toleration
+from .common import QUANTITY_PATTERN, Condition, KubeModel, PlacementSpec, SecretRef
 
 # Model and data locations. Relative paths are resolved against the manifest's
 # directory by `kubetune train`; on a cluster the operator rejects them.
@@ -118,7 +118,7 @@ class EvaluationSpec(KubeModel):
     max_new_tokens: int = Field(64, ge=1, le=4096, description="Generation budget for exact-match scoring of short answers.")
 
 
-class ResourcesSpec(KubeModel):
+class ResourcesSpec(PlacementSpec):
     """Where and on what the trainer pods run."""
 
     model_config = ConfigDict(
@@ -134,12 +134,7 @@ class ResourcesSpec(KubeModel):
 
     gpus_per_node: int = Field(1, ge=0, le=16, description="GPUs per trainer pod (one pod per node).")
     nodes: int = Field(1, ge=1, le=64, description="Trainer pods; more than one runs torch distributed over an Indexed Job.")
-    gpu_resource_name: str = Field("nvidia.com/gpu", max_length=253, description="Extended resource name of the GPU.")
-    cpu: str = Field("4", pattern=QUANTITY_PATTERN, description="CPU request and limit per pod.")
-    memory: str = Field("32Gi", pattern=QUANTITY_PATTERN, description="Memory request and limit per pod.")
     shm_size: str = Field("8Gi", pattern=QUANTITY_PATTERN, description="Size of the in-memory /dev/shm (used by data loaders and NCCL).")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
-    tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Taints the pods tolerate.")
     priority_class_name: str | None = Field(None, max_length=253, description="PriorityClass of the pods.")
 
     @model_validator(mode="after")

@@ -1,23 +1,7 @@
 """Pure functions from typed inputs to Kubernetes manifests (plain dicts).
 
 Nothing here talks to the apiserver, so every manifest is unit-tested
-without a cluster; the handlers decide what to build and apply it.
+without a cluster; the controllers decide what to build and apply it.
+`trainer/` builds a FineTuneJob's children, `serving/` a ModelDeployment's;
+`common` holds the owner, names and labels both use.
 """
-
-from .common import Owner
-from .config import build_configmap, build_trainer_config, cluster_spec_problems, effective_storage, run_storage_uri
-from .job import build_job
-from .network import build_headless_service
-from .rbac import build_trainer_rbac
-
-__all__ = [
-    "Owner",
-    "build_configmap",
-    "build_headless_service",
-    "build_job",
-    "build_trainer_config",
-    "build_trainer_rbac",
-    "cluster_spec_problems",
-    "effective_storage",
-    "run_storage_uri",
-]

@@ -1,4 +1,4 @@
-"""Names, labels and owner references shared by every child of a FineTuneJob.
+"""Names, labels and owner references shared by the children of both resources.
 
 Child names are derived from the FineTuneJob name (never generateName), so a
 restarted operator finds what it created instead of creating it twice.
@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 
 from kubetune.api import API_VERSION
+from kubetune.api.resources import FINETUNEJOB, MODELDEPLOYMENT
 
 MANAGED_BY = "kubetune-operator"
 # An Indexed Job's pod hostname is "<job>-<index>" and must stay a DNS label
@@ -27,15 +28,27 @@ def fit(base: str, suffix: str = "", limit: int = MAX_LABEL_VALUE) -> str:
     return f"{head}-{digest}{suffix}"
 
 
+# What each owning kind's children are, in their app.kubernetes.io labels.
+COMPONENTS = {FINETUNEJOB.kind: "trainer", MODELDEPLOYMENT.kind: "serving"}
+
+
 @dataclass(frozen=True)
 class Owner:
-    """The FineTuneJob that owns the children being built."""
+    """The kubetune resource (FineTuneJob or ModelDeployment) that owns the children being built.
+
+    The *_name properties are a FineTuneJob's children; a ModelDeployment's are
+    named in builders/serving (one Deployment and Service per revision).
+    """
 
     name: str
     namespace: str
     uid: str
-    kind: str = "FineTuneJob"
+    kind: str = FINETUNEJOB.kind
     api_version: str = API_VERSION
+
+    @property
+    def component(self) -> str:
+        return COMPONENTS[self.kind]
 
     @property
     def job_name(self) -> str:
@@ -57,9 +70,9 @@ class Owner:
 
     def labels(self) -> dict[str, str]:
         return {
-            "app.kubernetes.io/name": "kubetune-trainer",
+            "app.kubernetes.io/name": f"kubetune-{self.component}",
             "app.kubernetes.io/instance": fit(self.name),
-            "app.kubernetes.io/component": "trainer",
+            "app.kubernetes.io/component": self.component,
             "app.kubernetes.io/part-of": "kubetune",
             "app.kubernetes.io/managed-by": MANAGED_BY,
         }
@@ -83,3 +96,14 @@ class Owner:
             "labels": {**self.labels(), **(labels or {})},
             "ownerReferences": [self.owner_reference()],
         }
+
+
+def restricted_pod_security(uid: int) -> dict:
+    """The pod securityContext of Pod Security "restricted": a fixed non-root uid, RuntimeDefault seccomp."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "fsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }

@@ -15,13 +15,14 @@ from typing import Any
 
 import kopf
 
-from kubetune.api import API_VERSION, GROUP, VERSION
+from kubetune.api.resources import FINETUNEJOB
 from kubetune.builders.common import MANAGED_BY
 from kubetune.metrics import PHASE_BOOK, observe_reconcile
-from kubetune.reconcile import Context, job_summary, reconcile
-from kubetune.status import TERMINAL
+from kubetune.context import Context
+from kubetune.finetunejob.reconcile import job_summary, reconcile
+from kubetune.finetunejob.status import TERMINAL
 
-FTJ = (GROUP, VERSION, "finetunejobs")
+FTJ = FINETUNEJOB.kopf_resource
 # Fields whose change after the Job exists is applied; the Job's pod template is immutable.
 APPLIED_ON_UPDATE = {("suspend",)}
 
@@ -43,9 +44,9 @@ def on_resume(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any
 def on_spec_change(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     ignored = sorted(".".join(map(str, d.field)) for d in diff if tuple(d.field[:1]) not in APPLIED_ON_UPDATE)
     if ignored and body.get("status", {}).get("phase"):
-        kopf.warn(body, reason="SpecChangeIgnored",
-                  message=f"spec.{', spec.'.join(ignored)} changed after the trainer Job was created and is not "
-                          "applied (only spec.suspend is); delete and recreate the FineTuneJob to change it")
+        memo.ctx.kube.post_event(dict(body), "Warning", "SpecChangeIgnored",
+                                 f"spec.{', spec.'.join(ignored)} changed after the trainer Job was created and is not "
+                                 "applied (only spec.suspend is); delete and recreate the FineTuneJob to change it")
     with observe_reconcile("update"):
         reconcile(memo.ctx, dict(body), logger)
 
@@ -60,11 +61,11 @@ def on_trainer_job(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: l
     elif ctx.handled_jobs.get(uid) == job_summary(body):
         return  # e.g. the Job controller's bookkeeping: nothing the status depends on moved
     owner = next((ref for ref in body.metadata.get("ownerReferences", [])
-                  if ref.get("controller") and ref.get("apiVersion") == API_VERSION and ref.get("kind") == "FineTuneJob"),
+                  if ref.get("controller") and ref.get("apiVersion") == FINETUNEJOB.api_version and ref.get("kind") == FINETUNEJOB.kind),
                  None)
     if owner is None:
         return
-    ftj = ctx.kube.get(API_VERSION, "FineTuneJob", body.metadata.namespace, owner["name"])
+    ftj = ctx.kube.get(FINETUNEJOB.api_version, FINETUNEJOB.kind, body.metadata.namespace, owner["name"])
     if ftj is None or ftj["metadata"]["uid"] != owner["uid"]:
         return  # the owner is gone (or was recreated): garbage collection handles this Job
     with observe_reconcile("job"):
@@ -116,7 +117,7 @@ async def resync_loop(ctx: Context, logger: logging.Logger) -> None:
 
 
 def _resync_one(ctx: Context, namespace: str, name: str, logger: logging.Logger) -> None:
-    ftj = ctx.kube.get(API_VERSION, "FineTuneJob", namespace, name)
+    ftj = ctx.kube.get(FINETUNEJOB.api_version, FINETUNEJOB.kind, namespace, name)
     if ftj is None:
         return  # deleted; the watch's DELETED event drops it from the book
     with observe_reconcile("resync"):

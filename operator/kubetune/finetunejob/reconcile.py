@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import kopf
 from pydantic import ValidationError
 
 from kubetune.api import API_VERSION, FineTuneJobSpec, FineTuneJobStatus
-from kubetune.builders import (
-    Owner,
+from kubetune.builders.common import Owner
+from kubetune.builders.trainer import (
     build_configmap,
     build_headless_service,
     build_job,
@@ -26,22 +24,9 @@ from kubetune.builders import (
     effective_storage,
     run_storage_uri,
 )
-from kubetune.k8s import Kube
+from kubetune.context import Context
 from kubetune.metrics import PHASE_BOOK
-from kubetune.settings import OperatorSettings
-from kubetune.status import TERMINAL, Observed, derive_status, status_patch
-
-
-@dataclass(frozen=True)
-class Context:
-    """What every handler needs; kept in kopf's memo."""
-
-    kube: Kube
-    settings: OperatorSettings
-    # Job uid -> the Job state last reconciled; Job events that change nothing in it are skipped.
-    handled_jobs: dict[str, tuple] = field(default_factory=dict)
-    # namespace/name -> time.monotonic() of its last reconciliation; the resync skips recent ones.
-    last_reconciled: dict[str, float] = field(default_factory=dict)
+from kubetune.finetunejob.status import TERMINAL, Observed, derive_status, status_patch
 
 
 def job_summary(job: dict) -> tuple:
@@ -127,5 +112,5 @@ def publish(ctx: Context, ftj: dict, previous: FineTuneJobStatus, status: FineTu
         return  # deleted meanwhile
     if status.phase != previous.phase:
         kind = "Warning" if status.phase == "Failed" else "Normal"
-        kopf.event(ftj, type=kind, reason=status.phase, message=status.message or "")
+        ctx.kube.post_event(ftj, kind, status.phase, status.message or "")
         PHASE_BOOK.record(f"{meta['namespace']}/{meta['name']}", status.phase)

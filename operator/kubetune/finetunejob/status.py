@@ -13,7 +13,8 @@ from datetime import datetime
 from kubetune.api import Condition, FineTuneJobSpec, FineTuneJobStatus
 from kubetune.api.finetunejob import Artifacts
 from kubetune.api.trainer_config import EXIT_BAD_INPUT, EXIT_PREEMPTED
-from kubetune.builders.job import COMPLETION_INDEX_ANNOTATION, CONTAINER
+from kubetune.conditions import kstatus_conditions
+from kubetune.builders.trainer.job import COMPLETION_INDEX_ANNOTATION, CONTAINER
 
 OPERATOR_FIELDS = frozenset(
     {"phase", "observed_generation", "conditions", "message", "attempts", "artifacts", "start_time", "completion_time"}
@@ -150,16 +151,7 @@ def conditions_for(phase: str, reason: str, message: str, generation: int, previ
         "Reconciling": "False" if phase in TERMINAL or phase == "Suspended" else "True",
         "Stalled": "True" if phase == "Failed" else "False",
     }
-    before = {c.type: c for c in previous}
-    out = []
-    for ctype, status in wanted.items():
-        old = before.get(ctype)
-        changed = old is None or old.status != status
-        out.append(Condition(
-            type=ctype, status=status, reason=reason, message=message, observed_generation=generation,
-            last_transition_time=now if changed else old.last_transition_time,
-        ))
-    return out
+    return kstatus_conditions(wanted, reason, message, generation, previous, now)
 
 
 def derive_status(obs: Observed) -> FineTuneJobStatus:

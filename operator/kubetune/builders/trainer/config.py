@@ -9,7 +9,7 @@ from kubetune.api.finetunejob import FineTuneJobSpec, StorageSpec
 from kubetune.api.trainer_config import CONFIG_KEY, TrainerConfig, run_root
 from kubetune.settings import OperatorSettings
 
-from .common import Owner
+from ..common import Owner
 
 
 def effective_storage(spec: FineTuneJobSpec, settings: OperatorSettings) -> StorageSpec | None:

@@ -6,7 +6,7 @@ from kubetune.api.finetunejob import FineTuneJobSpec, StorageSpec
 from kubetune.api.trainer_config import CONFIG_ENV, CONFIG_KEY, CONFIG_PATH, EXIT_BAD_INPUT, EXIT_PREEMPTED
 from kubetune.settings import OperatorSettings
 
-from .common import Owner
+from ..common import Owner, restricted_pod_security
 
 CONTAINER = "trainer"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -124,13 +124,7 @@ def _pod_spec(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, setting
         # The token is mounted only here, for the progress reporter (see build_trainer_rbac).
         "automountServiceAccountToken": True,
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": settings.trainer_uid,
-            "runAsGroup": settings.trainer_uid,
-            "fsGroup": settings.trainer_uid,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_pod_security(settings.trainer_uid),
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": owner.configmap_name, "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}]}},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kubetune.settings import OperatorSettings
 
-from .common import Owner
+from ..common import Owner
 
 
 def build_headless_service(owner: Owner, settings: OperatorSettings) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kubetune.api import GROUP
 
-from .common import Owner
+from ..common import Owner
 
 
 def build_trainer_rbac(owner: Owner) -> list[dict]:

@@ -1,0 +1,1 @@
+"""The ModelDeployment controller: serving revisions with vLLM, canary rollout, Prometheus analysis."""
