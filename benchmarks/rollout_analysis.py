@@ -5,10 +5,12 @@ revisions are played by vLLM stand-ins under bounded loopback load that follows 
 served weight (tests/e2e/rollout_harness.py). Two kinds of run, alternating:
 
 - healthy: the canary answers like the stable; the right decision is Promoted;
-- degraded: once the canary has passed one analysis round, its stand-in starts
-  answering 50 % HTTP 500; the right decision is a rollback. Measured: the time from
-  the injection to the canary's weight being 0 (its Deployment scaled to 0 replicas),
-  in seconds and in analysis intervals.
+- degraded: once the canary has passed one analysis round, and after a further random
+  part of an interval (a fault does not wait for the analysis schedule), its stand-in
+  starts answering 50 % HTTP 500; the right decision is a rollback. Measured: the time
+  from the injection to the canary's weight being 0 (its Deployment scaled to 0
+  replicas), in seconds and in analysis intervals. With failureLimit 1 two failed
+  measurements are needed by definition.
 
 Goals: degradation -> weight 0 in at most 2 intervals; 0 wrong decisions.
 
@@ -19,6 +21,8 @@ Goals: degradation -> weight 0 in at most 2 intervals; 0 wrong decisions.
 from __future__ import annotations
 
 import argparse
+import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -41,12 +45,12 @@ from tests.support.tools import assets_dir  # noqa: E402
 
 
 def one_run(cp: ControlPlane, prom: Prometheus, standins: StandIns, degraded: bool, interval: int,
-            pause: int) -> tuple[str, float | None]:
+            pause: int, failure_limit: int, rng: random.Random) -> tuple[str, float | None]:
     """(outcome, seconds from injection to canary weight 0, or None)."""
     s = Serving(cp, prom, standins)
     try:
         s.apply(rollout={"steps": [{"weight": 50, "pauseSeconds": pause}], "scaleDownDelaySeconds": 30},
-                analysis={"intervalSeconds": interval, "failureLimit": 1,
+                analysis={"intervalSeconds": interval, "failureLimit": failure_limit,
                           "metrics": [{"name": "errors", "builtin": "error-rate", "max": 0.1}],
                           "noData": {"minSamples": 5, "timeoutSeconds": 120, "outcome": "Pause"}})
         stable = s.wait(lambda st: st.get("phase") == "Healthy", "stable")["stable"]["revision"]
@@ -58,6 +62,7 @@ def one_run(cp: ControlPlane, prom: Prometheus, standins: StandIns, degraded: bo
         injected = None
         if degraded:
             s.wait(lambda st: (st.get("analysis") or {}).get("successful", 0) >= 1, "one passed round", 120)
+            time.sleep(rng.uniform(0, interval))
             server.set_faults(error_rate=0.5)
             injected = time.monotonic()
         apps = k8s.AppsV1Api(cp.api_client())
@@ -81,7 +86,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="runs in all, alternating healthy and degraded")
     parser.add_argument("--interval", type=int, default=5, help="analysis.intervalSeconds")
     parser.add_argument("--pause", type=int, default=30, help="pauseSeconds of the one 50 %% step")
+    parser.add_argument("--failure-limit", type=int, default=1, help="analysis.failureLimit")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the injection moments")
     args = parser.parse_args()
+    # A plain SIGTERM would skip `finally` and leave the cluster's processes running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     workdir = Path(tempfile.mkdtemp(prefix="kubetune-rollout-bench-"))
     cp = ControlPlane(assets_dir(), workdir)
     prom = Prometheus(workdir / "prometheus")
@@ -98,16 +107,17 @@ def main() -> None:
         op = OperatorProcess(cp, env={"KUBETUNE_PROMETHEUS_ADDRESS": prom.url, "KUBETUNE_ROLLOUT_TICK_SECONDS": "1",
                                       "KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:bench"}).start()
         rows, times, wrong = [], [], 0
+        rng = random.Random(args.seed)
         for i in range(args.runs):
             degraded = i % 2 == 1
-            outcome, seconds = one_run(cp, prom, standins, degraded, args.interval, args.pause)
+            outcome, seconds = one_run(cp, prom, standins, degraded, args.interval, args.pause, args.failure_limit, rng)
             right = outcome == ("RolledBack" if degraded else "Promoted")
             wrong += not right
             if seconds is not None:
                 times.append(seconds)
             rows.append((i + 1, "degraded" if degraded else "healthy", outcome, right, seconds))
         op.stop()
-        print(f"\ncanary analysis: {args.runs} runs, intervalSeconds {args.interval}, failureLimit 1, "
+        print(f"\ncanary analysis: {args.runs} runs, intervalSeconds {args.interval}, failureLimit {args.failure_limit}, "
               f"error-rate max 0.1, degraded = 50 % HTTP 500, load 30 req/s, rollout tick 1 s\n")
         print("| run | canary | decision | right | injection -> weight 0 |")
         print("|---|---|---|---|---|")

@@ -397,3 +397,20 @@ def test_nothing_raises_out_of_a_round():
 def test_due(counts, expected):
     assert due(spec(), counts, NOW) is expected
 
+
+
+def test_rounds_keep_to_the_interval_schedule_when_they_run_late():
+    """Late ticks must not stretch the interval: a round 0.9 s late is recorded at its slot."""
+    spec = AnalysisSpec(interval_seconds=5, metrics=[])
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    counts = None
+    recorded = []
+    for late in (0.0, 5.9, 10.8, 15.7):
+        now = t0 + timedelta(seconds=late)
+        assert due(spec, counts, now)
+        counts = run_round(spec, counts, Target("ns", "c", None, "m"), None, now).counts
+        recorded.append((counts.last_measured_at - t0).total_seconds())
+    assert recorded == [0.0, 5.0, 10.0, 15.0]
+    # After a long gap (operator down) the schedule restarts at the round's own time.
+    later = t0 + timedelta(seconds=60.3)
+    assert (run_round(spec, counts, Target("ns", "c", None, "m"), None, later).counts.last_measured_at - t0).total_seconds() == 60.3

@@ -107,3 +107,20 @@ def restricted_pod_security(uid: int) -> dict:
         "fsGroup": uid,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+
+
+def restricted_container_security() -> dict:
+    """A container's securityContext under Pod Security "restricted"."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+
+
+def secret_env(name: str, secret: str, key: str | None = None, optional: bool = False) -> dict:
+    """An env var from a Secret key: the kubelet resolves it, the operator never reads the Secret."""
+    ref = {"name": secret, "key": key or name, **({"optional": True} if optional else {})}
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def aws_credentials_env(secret: str) -> list[dict]:
+    """S3 credentials from a Secret with keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN)."""
+    return [secret_env("AWS_ACCESS_KEY_ID", secret), secret_env("AWS_SECRET_ACCESS_KEY", secret),
+            secret_env("AWS_SESSION_TOKEN", secret, optional=True)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from kubetune.api.modeldeployment import AnalysisCounts, AnalysisSpec, Measurement, MetricCheck
@@ -136,11 +136,26 @@ def due(spec: AnalysisSpec, counts: AnalysisCounts | None, now: datetime) -> boo
     return (now - counts.last_measured_at).total_seconds() >= spec.interval_seconds
 
 
+def _slot(spec: AnalysisSpec, before: AnalysisCounts, now: datetime) -> datetime:
+    """The time a round is recorded at: its slot on the interval schedule while it keeps up.
+
+    Rounds run on the operator's tick, a little after they are due; recording `now`
+    would let that lateness add up round after round (5 s intervals became 5.5 s),
+    so detection would take longer than its intervals say. After a longer gap
+    (the operator was down) the schedule restarts at `now`.
+    """
+    last = before.last_measured_at
+    if last is None:
+        return now
+    scheduled = last + timedelta(seconds=spec.interval_seconds)
+    return scheduled if timedelta(0) <= now - scheduled < timedelta(seconds=spec.interval_seconds) else now
+
+
 def run_round(spec: AnalysisSpec, counts: AnalysisCounts | None, target: Target, provider: MetricProvider,
               now: datetime) -> RoundResult:
     before = counts or AnalysisCounts()
     if not spec.metrics:
-        return RoundResult(before.model_copy(update={"last_measured_at": now}), [], "Continue",
+        return RoundResult(before.model_copy(update={"last_measured_at": _slot(spec, before, now)}), [], "Continue",
                            message="no metrics configured: steps advance on time alone")
     gate = _samples(spec, before, target, provider, now) if spec.no_data.min_samples > 0 else None
     if gate is None:  # enough traffic (or no gate): measure, and stop waiting
@@ -158,7 +173,7 @@ def run_round(spec: AnalysisSpec, counts: AnalysisCounts | None, target: Target,
         "inconclusive": before.inconclusive + phases.count("Inconclusive"),
         "errors": before.errors + phases.count("Error"),
         "consecutive_errors": before.consecutive_errors + 1 if "Error" in phases else 0,
-        "last_measured_at": now,
+        "last_measured_at": _slot(spec, before, now),
         "waiting_since": waiting_since,
     })
     verdict, reason, message = _verdict(spec, after, metric, measurements, target, now)

@@ -109,8 +109,11 @@ async def stop_rollout_tick(memo: kopf.Memo, **_: Any) -> None:
 
 async def tick_loop(ctx: Context, logger: logging.Logger) -> None:
     """Every rollout tick: the active rollouts; every resync interval: every ModelDeployment."""
+    started = time.monotonic()
     while True:
-        await asyncio.sleep(ctx.settings.rollout_tick_seconds)
+        # Sleep to the next tick boundary, so time spent reconciling does not stretch the period.
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(ctx.settings.rollout_tick_seconds - elapsed % ctx.settings.rollout_tick_seconds)
         now = time.monotonic()
         for key in list(ctx.known_deployments):
             last = ctx.last_reconciled.get(f"{KIND}/{key}", 0.0)

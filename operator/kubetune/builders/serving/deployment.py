@@ -14,7 +14,7 @@ import re
 from kubetune.api.modeldeployment import VLLM_LORA_RANKS, ModelDeploymentSpec
 from kubetune.settings import OperatorSettings
 
-from ..common import Owner, restricted_pod_security
+from ..common import Owner, aws_credentials_env, restricted_container_security, restricted_pod_security
 from .names import deployment_name, selector_labels, serving_labels
 from .revision import ServedRevision
 
@@ -92,11 +92,6 @@ def vllm_args(spec: ModelDeploymentSpec, rev: ServedRevision, owner: Owner) -> l
 
 # -- the pod ---------------------------------------------------------------------------------------
 
-def _secret_env(name: str, secret: str, optional: bool = False) -> dict:
-    ref = {"name": secret, "key": name, **({"optional": True} if optional else {})}
-    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
-
-
 def storage_env(rev: ServedRevision) -> list[dict]:
     """S3 access for the pullers: credentials only as secretKeyRef (the operator never reads them)."""
     st, env = rev.storage, []
@@ -104,17 +99,12 @@ def storage_env(rev: ServedRevision) -> list[dict]:
         return env  # the pod's ambient identity (e.g. workload identity), if any
     if st.credentials_secret is not None:
         secret = st.credentials_secret.name
-        env += [_secret_env("AWS_ACCESS_KEY_ID", secret), _secret_env("AWS_SECRET_ACCESS_KEY", secret),
-                _secret_env("AWS_SESSION_TOKEN", secret, optional=True)]
+        env += aws_credentials_env(secret)
     if st.endpoint:
         env.append({"name": "AWS_ENDPOINT_URL", "value": st.endpoint})
     if st.region:
         env.append({"name": "AWS_REGION", "value": st.region})
     return env
-
-
-def _container_security() -> dict:
-    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
 
 
 def _resources(spec: ModelDeploymentSpec, gpus: bool) -> dict:
@@ -143,7 +133,7 @@ def _pod_spec(owner: Owner, spec: ModelDeploymentSpec, rev: ServedRevision, sett
         "resources": _resources(spec, gpus=False),
         "volumeMounts": [{"name": "models", "mountPath": MODELS}, scratch_mount],
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": _container_security(),
+        "securityContext": restricted_container_security(),
     } for uri, dest in pulls(rev)]
     vllm = {
         "name": CONTAINER,
@@ -177,7 +167,7 @@ def _pod_spec(owner: Owner, spec: ModelDeploymentSpec, rev: ServedRevision, sett
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS + (
             0 if drain_in_vllm else s.shutdown_timeout_seconds)}}},
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": _container_security(),
+        "securityContext": restricted_container_security(),
     }
     pod = {
         # Serving needs no Kubernetes API access, and Service env vars are dropped: one named

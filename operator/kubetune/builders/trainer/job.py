@@ -6,7 +6,7 @@ from kubetune.api.finetunejob import FineTuneJobSpec, StorageSpec
 from kubetune.api.trainer_config import CONFIG_ENV, CONFIG_KEY, CONFIG_PATH, EXIT_BAD_INPUT, EXIT_PREEMPTED
 from kubetune.settings import OperatorSettings
 
-from ..common import Owner, restricted_pod_security
+from ..common import Owner, aws_credentials_env, restricted_container_security, restricted_pod_security, secret_env
 
 CONTAINER = "trainer"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -33,25 +33,14 @@ def failure_policy() -> dict:
     }
 
 
-def _secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict:
-    ref = {"name": secret, "key": key}
-    if optional:
-        ref["optional"] = True
-    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
-
-
 def credential_env(spec: FineTuneJobSpec, storage: StorageSpec) -> list[dict]:
     """Secrets reach the trainer only as secretKeyRef env vars: the operator never reads them."""
     env = []
     if storage.credentials_secret is not None:
         secret = storage.credentials_secret.name
-        env += [
-            _secret_env("AWS_ACCESS_KEY_ID", secret, "AWS_ACCESS_KEY_ID"),
-            _secret_env("AWS_SECRET_ACCESS_KEY", secret, "AWS_SECRET_ACCESS_KEY"),
-            _secret_env("AWS_SESSION_TOKEN", secret, "AWS_SESSION_TOKEN", optional=True),
-        ]
+        env += aws_credentials_env(secret)
     if spec.base_model.token_secret is not None:
-        env.append(_secret_env("HF_TOKEN", spec.base_model.token_secret.name, "HF_TOKEN"))
+        env.append(secret_env("HF_TOKEN", spec.base_model.token_secret.name))
     return env
 
 
@@ -112,11 +101,7 @@ def _pod_spec(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, setting
         # The trainer's last words (e.g. the data validation summary) end up in the
         # pod status, where the operator copies them into the FineTuneJob's message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-        },
+        "securityContext": restricted_container_security(),
     }
     pod = {
         "restartPolicy": "Never",  # required by podFailurePolicy; the Job controller retries
