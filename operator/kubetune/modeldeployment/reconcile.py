@@ -148,9 +148,14 @@ def _served(status: ModelDeploymentStatus, res: Resolution, revision: str) -> Se
 def _apply(ctx: Context, owner: Owner, spec: ModelDeploymentSpec, status: ModelDeploymentStatus, plan: Plan,
            res: Resolution, deployments: dict[str, dict], now: datetime) -> None:
     kube = ctx.kube
+    # One list instead of a create attempt per Service per pass (the tick runs this often).
+    services = {svc["metadata"]["name"]: svc for svc in kube.list(
+        "v1", "Service", owner.namespace, f"{MODEL_DEPLOYMENT_LABEL}={fit(owner.name)}")}
     for revision, replicas in plan.replicas.items():
         track = "stable" if status.stable and status.stable.revision == revision else "canary"
-        kube.create_if_absent(build_revision_service(owner, spec, revision))
+        service = build_revision_service(owner, spec, revision)
+        if service["metadata"]["name"] not in services:
+            kube.create_if_absent(service)
         dep = deployments.get(revision)
         if dep is None:
             served = _served(status, res, revision)
@@ -169,11 +174,13 @@ def _apply(ctx: Context, owner: Owner, spec: ModelDeploymentSpec, status: ModelD
         if changes:
             kube.merge_patch(APPS, "Deployment", owner.namespace, meta["name"], changes)
     if status.stable is not None:
-        _ensure(kube, build_client_service(owner, spec, status.stable.revision), _selector)
+        client = build_client_service(owner, spec, status.stable.revision)
+        _converge(kube, client, services.get(client["metadata"]["name"]), _selector)
         if spec.gateway:
             canary = status.canary.revision if status.canary else None
-            _ensure(kube, build_httproute(owner, spec, status.stable.revision, canary, plan.weight if canary else 0),
-                    _route_shape)
+            route = build_httproute(owner, spec, status.stable.revision, canary, plan.weight if canary else 0)
+            found = kube.get(ROUTE_API, "HTTPRoute", owner.namespace, route["metadata"]["name"])
+            _converge(kube, route, found, _route_shape)
     for revision, dep in deployments.items():
         if revision not in plan.replicas:
             _retire(ctx, owner, spec, revision, dep, now)
@@ -192,10 +199,13 @@ def _selector(service: dict) -> dict:
     return (service.get("spec") or {}).get("selector") or {}
 
 
-def _ensure(kube, manifest: dict, shape) -> None:
-    """Create; or, when the part the controller decides (`shape`) differs, patch the spec to the built one."""
-    found, created = kube.create_if_absent(manifest)
-    if not created and shape(found) != shape(manifest):
+def _converge(kube, manifest: dict, found: dict | None, shape) -> None:
+    """Create when absent; when the part the controller decides (`shape`) differs, patch the spec to the built one."""
+    if found is None:
+        found, created = kube.create_if_absent(manifest)
+        if created:
+            return
+    if shape(found) != shape(manifest):
         meta, spec = manifest["metadata"], dict(manifest["spec"])
         if "selector" in spec:  # a merge patch keeps map keys it does not name: null the stale ones
             spec["selector"] = {**{k: None for k in _selector(found)}, **spec["selector"]}
