@@ -55,7 +55,8 @@ def test_healthy_canary_is_promoted(serving: Serving):
                       "canary promoted", timeout=90)
     assert st["phase"] == "Healthy"
     assert any(m["phase"] == "Successful" and m["revision"] == canary for m in st["measurements"])
-    assert {"CanaryStarted", "Promoted"} <= set(serving.event_reasons())
+    # Events are posted right after the status that records them.
+    wait_for(lambda: {"CanaryStarted", "Promoted"} <= set(serving.event_reasons()), 10, "the rollout's Events")
     # The old stable retires after scaleDownDelaySeconds.
     wait_for(lambda: serving.deployments() == [f"bot-{canary}"], 30, "old stable Deployment deleted")
     assert serving.status()["conditions"][0]["type"] == "Ready"
@@ -72,8 +73,8 @@ def test_injected_errors_roll_the_canary_back(serving: Serving, operator: Operat
     assert "errors" in aborted["message"] and "max 0.1" in aborted["message"]
     failed = [m for m in st["measurements"] if m["phase"] == "Failed"]
     assert failed and failed[-1]["value"] > 0.1 and failed[-1]["threshold"]
-    assert "RolledBack" in serving.event_reasons()
-    assert 'kubetune_rollbacks_total{reason="AnalysisFailed"}' in operator.metrics()
+    wait_for(lambda: "RolledBack" in serving.event_reasons(), 10, "the RolledBack Event")
+    wait_for(lambda: 'kubetune_rollbacks_total{reason="AnalysisFailed"}' in operator.metrics(), 10, "the rollback metric")
     # Never re-attempted by itself: the spec still names the bad model.
     time.sleep(3 * INTERVAL)
     st = serving.status()
