@@ -7,6 +7,7 @@ create-if-absent), so an overlap during a restart cannot double a Job.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
@@ -14,8 +15,8 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
-from kubetune.finetunejob import handlers as _finetunejob_handlers  # noqa: F401  (registers with kopf)
-from kubetune.modeldeployment import handlers as _modeldeployment_handlers  # noqa: F401
+from kubetune.finetunejob.handlers import resync_loop  # importing registers the handlers with kopf
+from kubetune.modeldeployment.handlers import tick_loop
 from kubetune.k8s import Kube
 from kubetune.context import Context
 from kubetune.settings import OperatorSettings
@@ -48,6 +49,19 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: object) -> 
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+
+
+@kopf.on.startup()
+async def start_background(memo: kopf.Memo, logger: logging.Logger, **_: object) -> None:
+    """The time-driven work kopf has no place for without finalizers: plain asyncio tasks."""
+    memo.background = [asyncio.create_task(resync_loop(memo.ctx, logger)),
+                       asyncio.create_task(tick_loop(memo.ctx, logger))]
+
+
+@kopf.on.cleanup()
+async def stop_background(memo: kopf.Memo, **_: object) -> None:
+    for task in memo.get("background", []):
+        task.cancel()
 
 
 def api_client(pool_size: int) -> client.ApiClient:

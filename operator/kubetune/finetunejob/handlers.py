@@ -90,18 +90,6 @@ def on_finetunejob_event(type: str | None, body: kopf.Body, memo: kopf.Memo, log
             reconcile(memo.ctx, dict(body), logger)
 
 
-@kopf.on.startup()
-async def start_resync(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    memo.resync_task = asyncio.create_task(resync_loop(memo.ctx, logger))
-
-
-@kopf.on.cleanup()
-async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("resync_task")
-    if task is not None:
-        task.cancel()
-
-
 async def resync_loop(ctx: Context, logger: logging.Logger) -> None:
     """Re-reconcile every unfinished FineTuneJob now and then: the safety net for lost events."""
     while True:

@@ -95,18 +95,6 @@ def on_finetunejob_for_serving(type: str | None, body: kopf.Body, memo: kopf.Mem
             _run(memo.ctx, md_namespace, md_name, "finetunejob", logger)
 
 
-@kopf.on.startup()
-async def start_rollout_tick(memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    memo.rollout_task = asyncio.create_task(tick_loop(memo.ctx, logger))
-
-
-@kopf.on.cleanup()
-async def stop_rollout_tick(memo: kopf.Memo, **_: Any) -> None:
-    task = memo.get("rollout_task")
-    if task is not None:
-        task.cancel()
-
-
 async def tick_loop(ctx: Context, logger: logging.Logger) -> None:
     """Every rollout tick: the active rollouts; every resync interval: every ModelDeployment."""
     started = time.monotonic()
