@@ -414,3 +414,14 @@ def test_rounds_keep_to_the_interval_schedule_when_they_run_late():
     # After a long gap (operator down) the schedule restarts at the round's own time.
     later = t0 + timedelta(seconds=60.3)
     assert (run_round(spec, counts, Target("ns", "c", None, "m"), None, later).counts.last_measured_at - t0).total_seconds() == 60.3
+
+
+def test_without_a_prometheus_address_every_check_is_an_error_that_says_how_to_fix_it():
+    from kubetune.modeldeployment.prometheus import UnconfiguredProvider
+    spec = AnalysisSpec(metrics=[MetricCheck(name="errors", builtin="error-rate", max=0.1)],
+                        consecutive_error_limit=0, error_outcome="Pause")
+    result = run_round(spec, None, Target("ns", "c", "s", "m"), UnconfiguredProvider(),
+                       datetime(2026, 1, 1, tzinfo=timezone.utc))
+    assert [m.phase for m in result.measurements] == ["Error"]
+    assert "prometheusAddress" in result.measurements[0].message
+    assert result.verdict == "Pause" and result.reason == "AnalysisError"

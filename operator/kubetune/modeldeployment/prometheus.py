@@ -133,3 +133,13 @@ def _reason(e: Exception) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
     return str(e) or type(e).__name__
+
+
+class UnconfiguredProvider:
+    """Stands in when no Prometheus address is known: every query is an Error measurement
+    that says how to fix it, so the canary is held or rolled back by errorOutcome instead of
+    waiting forever for evidence that cannot come."""
+
+    def query(self, promql: str) -> QueryResult:
+        return QueryResult(None, error="no Prometheus address: set spec.analysis.prometheusAddress or the "
+                                       "operator's KUBETUNE_PROMETHEUS_ADDRESS (Helm: serving.prometheusAddress)")

@@ -33,7 +33,7 @@ from kubetune.builders.serving import (
 from kubetune.context import Context
 from kubetune.metrics import DEPLOYMENT_BOOK, MEASUREMENTS, ROLLBACKS, ROLLOUTS
 from kubetune.modeldeployment.analysis import run_round
-from kubetune.modeldeployment.prometheus import PrometheusProvider
+from kubetune.modeldeployment.prometheus import MetricProvider, PrometheusProvider, UnconfiguredProvider
 from kubetune.modeldeployment.rollout import Observed, Plan, advance, wants_analysis
 from kubetune.modeldeployment.source import Resolution, resolve
 from kubetune.modeldeployment.status import finish, status_patch
@@ -60,9 +60,9 @@ def _deployments(ctx: Context, owner: Owner) -> dict[str, dict]:
     return mine
 
 
-def _provider(ctx: Context, spec: ModelDeploymentSpec) -> PrometheusProvider | None:
+def _provider(ctx: Context, spec: ModelDeploymentSpec) -> MetricProvider:
     address = spec.analysis.prometheus_address or ctx.settings.prometheus_address
-    return PrometheusProvider(address) if address else None
+    return PrometheusProvider(address) if address else UnconfiguredProvider()
 
 
 def reconcile(ctx: Context, name: str, namespace: str, logger: logging.Logger) -> bool:
@@ -95,9 +95,7 @@ def _reconcile_locked(ctx: Context, md: dict, logger: logging.Logger) -> bool:
     target = wants_analysis(obs)
     result = None
     if target is not None:
-        provider = _provider(ctx, spec)
-        if provider is not None:
-            result = run_round(spec.analysis, previous.analysis, target, provider, now)
+        result = run_round(spec.analysis, previous.analysis, target, _provider(ctx, spec), now)
     plan = advance(obs, result)
     endpoint = f"http://{client_service_name(owner)}.{owner.namespace}.svc/v1"
     status = finish(plan, obs, res, meta.get("generation") or 1, endpoint, now)
