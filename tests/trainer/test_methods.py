@@ -29,6 +29,10 @@ def test_method_trains_and_saves_loadable_outputs(method, tiny_model, tiny_data,
     assert any("evalLoss" in m for m in metrics)
     report = json.loads((out / "reports/evaluation.json").read_text())
     assert report["samples"] == 8 and report["base"]["loss"] > 0 and report["tuned"]["loss"] > 0
+    # Every held-out example is generated and scored, by every metric of the detected shape.
+    assert report["scoredExamples"] == 8 and report["headline"] in report["tuned"]["metrics"]
+    assert {m["examples"] for m in report["tuned"]["metrics"].values()} == {8}
+    assert report["generation"]["maxNewTokens"] >= report["generation"]["longestReferenceTokens"]
     assert (out / "loss-curve.png").stat().st_size > 0
     # Checkpoints at 3 and 6, each complete (manifest written).
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003", "step-00000006"]

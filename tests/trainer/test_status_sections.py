@@ -55,6 +55,12 @@ def test_recipe_publishes_dataset_checkpoints_and_evaluation(tiny_model, tiny_da
     [evaluation] = [s for s in reporter.sections if isinstance(s, EvaluationSummary)]
     assert evaluation.samples == 8 and evaluation.tuned_loss == pytest.approx(result.evaluation["tuned"]["loss"])
     assert evaluation.base_loss == pytest.approx(result.evaluation["base"]["loss"])
+    # The headline metric for the answers' shape, and the regressions a ModelDeployment's gate reads.
+    head = result.evaluation["headline"]
+    assert evaluation.metric == head and evaluation.shape == result.evaluation["shape"]
+    assert evaluation.tuned_score == result.evaluation["tuned"]["metrics"][head]["value"]
+    assert evaluation.base_score == result.evaluation["base"]["metrics"][head]["value"]
+    assert evaluation.regressions == result.evaluation["regressions"] == len(result.evaluation["regressedExamples"])
     assert reporter.progress and reporter.progress[-1].step == 6
 
 

@@ -80,7 +80,7 @@ def write_job(path: Path, model_dir: Path, train: Path, validation: Path | None,
         "method": method,
         "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
         "hyperparameters": hp,
-        "evaluation": {"evalSteps": 3, "maxSamples": 8, "maxNewTokens": 8},
+        "evaluation": {"evalSteps": 3, "maxSamples": 8},
         "resources": {"gpusPerNode": 0},
     }
     if method == "qlora":

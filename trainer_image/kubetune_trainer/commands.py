@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("trainer-run", help=f"in-container entry point: run the TrainerConfig at ${CONFIG_ENV}")
     run.set_defaults(func=_trainer_run)
 
+    from .evaluate_command import register as register_evaluate
+
+    register_evaluate(sub)
+
     pull = sub.add_parser("pull-model", help="download an s3:// prefix (or a hf:// model) into a directory")
     pull.add_argument("uri", help="s3://bucket/prefix or hf://org/name")
     pull.add_argument("dest", help="directory to fill (created if missing)")
@@ -215,15 +219,8 @@ def summary(result, seconds: float) -> str:
              + (f", resumed from step {result.resumed_from}" if result.resumed_from else "") + ")."]
     for name, uri in result.artifacts.items():
         lines.append(f"  {name:<20} {uri}")
-    ev = result.evaluation
-    if ev and "base" in ev:
-        b, t = ev["base"], ev["tuned"]
-        lines.append(f"Held-out evaluation ({ev['samples']} examples), base → tuned:")
-        lines.append(f"  loss         {b['loss']:.3f} → {t['loss']:.3f}")
-        lines.append(f"  perplexity   {b['perplexity']:.2f} → {t['perplexity']:.2f}")
-        if t["exactMatch"] is not None:
-            lines.append(f"  exact match  {100 * b['exactMatch']:.1f}% → {100 * t['exactMatch']:.1f}%"
-                         f"  ({ev['improvements']} fixed, {ev['regressions']} regressed)")
-    elif ev:
-        lines.append(f"Held-out evaluation ({ev['samples']} examples): loss {ev['tuned']['loss']:.3f}")
+    if result.evaluation:
+        from .metrics import format_report
+
+        lines.append(format_report(result.evaluation))
     return "\n".join(lines)

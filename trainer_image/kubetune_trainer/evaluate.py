@@ -1,33 +1,59 @@
-"""Base vs tuned on the held-out split: loss and perplexity, exact match, regressions.
+"""Base vs tuned on held-out examples: loss, perplexity, and generated answers scored by shape.
 
-Loss is the mean over answer tokens only (the same mask as training), so it
-says how well each model predicts the reference answers. Exact match applies
-to short answers (a reference of a few tokens): greedy generation, compared
-after trimming and collapsing whitespace.
+Loss is the mean over answer tokens only (the same mask as training), so it says
+how well each model predicts the reference answers. Every example with an answer
+is also generated greedily and scored by `metrics` (exact match, JSON, labels or
+ROUGE-L): the generation budget comes from the longest reference, so long answers
+are scored like short ones. Used by the trainer and by `kubetune evaluate`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import dataclass
 from typing import Any
 
+from . import metrics
 from .data import Example
 from .tokenize import IGNORE_INDEX, encode, prompt_text
-
-SHORT_ANSWER_TOKENS = 32
 
 
 @dataclass
 class ModelScores:
     loss: float
     perplexity: float
-    exact_match: float | None
-    answers: list[str | None] = field(default_factory=list)
+    answers: list[str]          # one per example that has a reference answer, in order
+    max_new_tokens: int         # the budget they were generated with (a stored score is reused only for the same)
+    seconds: float = 0.0        # generation time
+    truncated: int = 0          # answers still running when the budget ran out (no end-of-turn)
 
 
-def _normalise(text: str) -> str:
-    return " ".join(text.split())
+@dataclass
+class Budget:
+    max_new_tokens: int
+    longest_reference: int
+    over_budget: int  # references longer than the budget (only when evaluation.maxNewTokens caps it): cannot match
+
+    def to_dict(self) -> dict[str, int]:
+        return {"maxNewTokens": self.max_new_tokens, "longestReferenceTokens": self.longest_reference,
+                "referencesOverBudget": self.over_budget}
+
+
+def answered(examples: list[Example]) -> list[Example]:
+    """The examples generation can score: those ending in an assistant answer (not plain-text examples)."""
+    return [ex for ex in examples if ex.final_answer() is not None]
+
+
+def generation_budget(tokenizer: Any, examples: list[Example], cap: int | None) -> Budget:
+    """Longest reference plus a margin, so a correct answer is never cut short and an answer that
+    runs on past the reference is seen running on (it is then wrong), not truncated into a match."""
+    lengths = [len(tokenizer(ex.final_answer(), add_special_tokens=False)["input_ids"]) for ex in answered(examples)]
+    longest = max(lengths, default=0)
+    budget = longest + max(8, longest // 4)
+    if cap is not None:
+        budget = min(budget, cap)
+    return Budget(budget, longest, sum(n > budget for n in lengths))
 
 
 def mean_answer_loss(model: Any, tokenizer: Any, examples: list[Example], batch_size: int = 8) -> float:
@@ -56,83 +82,93 @@ def mean_answer_loss(model: Any, tokenizer: Any, examples: list[Example], batch_
     return total / max(count, 1)
 
 
-def short_answer_indices(tokenizer: Any, examples: list[Example]) -> list[int]:
-    return [
-        i for i, ex in enumerate(examples)
-        if (a := ex.final_answer()) is not None and len(tokenizer(a, add_special_tokens=False)["input_ids"]) <= SHORT_ANSWER_TOKENS
-    ]
-
-
-def generate_answers(model: Any, tokenizer: Any, examples: list[Example], max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy answers, batched with left padding."""
+def default_batch_size() -> int:
     import torch
 
+    # On a GPU a wide batch costs little more than a narrow one; on CPU memory traffic grows with it.
+    return 64 if torch.cuda.is_available() else 16
+
+
+def generate_answers(model: Any, tokenizer: Any, examples: list[Example], max_new_tokens: int,
+                     batch_size: int | None = None) -> tuple[list[str], int]:
+    """Greedy answers, batched with left padding; prompts of similar length share a batch.
+    Also returns how many answers were cut off by the budget (they never ended their turn)."""
+    import torch
+
+    batch_size = batch_size or default_batch_size()
     device = next(model.parameters()).device
     prompts = [prompt_text(ex, tokenizer) for ex in examples]
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    # Longest first: little padding per batch, and a batch that does not fit in memory fails at once.
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    answers: list[str] = [""] * len(prompts)
+    truncated = 0
+    stops = {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    answers = []
     model.eval()
     try:
         with torch.no_grad():
-            for i in range(0, len(prompts), batch_size):
-                enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                 out = model.generate(
                     **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id, use_cache=True
                 )
-                answers += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+                new = out[:, enc["input_ids"].shape[1] :]
+                texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+                truncated += sum(new.shape[1] >= max_new_tokens and not stops & set(row.tolist()) for row in new)
+                for i, text in zip(idx, texts):
+                    answers[i] = text
     finally:
         tokenizer.padding_side = side
-    return answers
+    return answers, truncated
 
 
-def score(model: Any, tokenizer: Any, examples: list[Example], max_new_tokens: int) -> ModelScores:
+def score(model: Any, tokenizer: Any, examples: list[Example], budget: Budget, batch_size: int | None = None) -> ModelScores:
     loss = mean_answer_loss(model, tokenizer, examples)
-    short = short_answer_indices(tokenizer, examples)
-    answers: list[str | None] = [None] * len(examples)
-    exact = None
-    if short:
-        limit = min(max_new_tokens, SHORT_ANSWER_TOKENS + 8)
-        generated = generate_answers(model, tokenizer, [examples[i] for i in short], limit)
-        for i, text in zip(short, generated):
-            answers[i] = text
-        exact = sum(_normalise(answers[i]) == _normalise(examples[i].final_answer()) for i in short) / len(short)
-    return ModelScores(loss=loss, perplexity=math.exp(min(loss, 50.0)), exact_match=exact, answers=answers)
+    started = time.monotonic()
+    todo = answered(examples)
+    answers, truncated = generate_answers(model, tokenizer, todo, budget.max_new_tokens, batch_size) if todo else ([], 0)
+    return ModelScores(loss=loss, perplexity=math.exp(min(loss, 50.0)), answers=answers,
+                       max_new_tokens=budget.max_new_tokens, seconds=time.monotonic() - started, truncated=truncated)
 
 
-def compare(examples: list[Example], base: ModelScores | None, tuned: ModelScores) -> dict[str, Any]:
-    """The evaluation report: summary numbers and the per-example answers that changed correctness."""
-    report: dict[str, Any] = {"samples": len(examples), "tuned": _summary(tuned)}
-    if base is None:
-        return report
-    report["base"] = _summary(base)
-    regressions, fixes = [], []
-    for ex, b, t in zip(examples, base.answers, tuned.answers):
-        if b is None or t is None:
-            continue
-        ref = _normalise(ex.final_answer())
-        b_ok, t_ok = _normalise(b) == ref, _normalise(t) == ref
-        item = {"where": ex.where, "reference": ex.final_answer(), "base": b, "tuned": t}
-        if b_ok and not t_ok:
-            regressions.append(item)
-        elif t_ok and not b_ok:
-            fixes.append(item)
-    report["regressions"] = len(regressions)
-    report["improvements"] = len(fixes)
-    report["regressedExamples"] = regressions
-    report["improvedExamples"] = fixes[:20]
+def compare(examples: list[Example], base: ModelScores | None, tuned: ModelScores, shape_setting: str = "auto",
+            budget: Budget | None = None) -> dict[str, Any]:
+    """The evaluation report (reports/evaluation.json, the `kubetune evaluate` output)."""
+    scored = answered(examples)
+    refs = [ex.final_answer() for ex in scored]
+    report: dict[str, Any] = {"samples": len(examples), "scoredExamples": len(scored)}
+    if scored:
+        shape, source = metrics.choose_shape(shape_setting, refs, [ex.where for ex in scored])
+        gen = metrics.report(shape, [ex.where for ex in scored], refs, base.answers if base else None, tuned.answers)
+        report.update({"shape": shape, "shapeFrom": source, "headline": gen["headline"], "correctWhen": gen["correctWhen"]})
+        if budget is not None:
+            report["generation"] = budget.to_dict()
+    else:
+        gen = {}
+    report["tuned"] = _summary(tuned, gen.get("tuned"))
+    if base is not None:
+        report["base"] = _summary(base, gen.get("base"))
+        for key in ("regressions", "improvements", "regressedExamples", "improvedExamples"):
+            report[key] = gen.get(key, 0 if key in ("regressions", "improvements") else [])
     return report
 
 
-def _summary(s: ModelScores) -> dict[str, Any]:
-    d = asdict(s)
-    d.pop("answers")
-    return {"loss": d["loss"], "perplexity": d["perplexity"], "exactMatch": d["exact_match"]}
+def _summary(s: ModelScores, measured: dict[str, Any] | None) -> dict[str, Any]:
+    return {"loss": s.loss, "perplexity": s.perplexity, "generationSeconds": round(s.seconds, 2),
+            "answersCutByBudget": s.truncated, "metrics": measured or {}}
 
 
-def scores_from_json(d: dict[str, Any]) -> ModelScores:
-    return ModelScores(loss=d["loss"], perplexity=d["perplexity"], exact_match=d["exactMatch"], answers=d.get("answers", []))
+def scores_from_json(d: dict[str, Any]) -> ModelScores | None:
+    """A stored base score, or None when it predates this format (it is then recomputed)."""
+    if "maxNewTokens" not in d or not isinstance(d.get("answers"), list) or None in d["answers"]:
+        return None
+    return ModelScores(loss=d["loss"], perplexity=d["perplexity"], answers=d["answers"],
+                       max_new_tokens=d["maxNewTokens"], seconds=d.get("seconds", 0.0), truncated=d.get("truncated", 0))
 
 
 def scores_to_json(s: ModelScores) -> dict[str, Any]:
-    return {**_summary(s), "answers": s.answers}
+    return {"loss": s.loss, "perplexity": s.perplexity, "answers": s.answers, "maxNewTokens": s.max_new_tokens,
+            "seconds": s.seconds, "truncated": s.truncated}

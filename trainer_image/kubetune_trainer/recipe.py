@@ -22,7 +22,8 @@ from kubetune.api.finetunejob import CheckpointRef, DatasetSummary, EvaluationSu
 from kubetune.api.trainer_config import EXIT_BAD_INPUT, EXIT_OK, EXIT_PREEMPTED, TrainerConfig
 
 from . import data as data_mod
-from .evaluate import compare, score, scores_from_json, scores_to_json
+from . import metrics
+from .evaluate import Budget, answered, compare, generation_budget, score, scores_from_json, scores_to_json
 from .model import export, load_model, load_tokenizer, model_directory, prepare_for_training, trainable_summary
 from .progress import ProgressReporter, now
 from .storage import (
@@ -260,12 +261,14 @@ class _Run:
             raise BadInput(report.format_text())
         return report, tokenizer, model_dir
 
-    def base_scores(self, model: Any, tokenizer: Any, eval_set: list[data_mod.Example]) -> Any:
+    def base_scores(self, model: Any, tokenizer: Any, eval_set: list[data_mod.Example], budget: Budget) -> Any:
         """Base-model scores, computed once per run and kept in storage (a resumed run reuses them)."""
         stored = self.storage.get_json(BASE_EVAL)
-        if stored is not None:
-            return scores_from_json(stored)
-        scores = score(model, tokenizer, eval_set, self.spec.evaluation.max_new_tokens)
+        scores = scores_from_json(stored) if stored is not None else None
+        # Reuse only a score of the same examples with the same budget (an older format is recomputed).
+        if scores is not None and scores.max_new_tokens == budget.max_new_tokens and len(scores.answers) == len(answered(eval_set)):
+            return scores
+        scores = score(model, tokenizer, eval_set, budget)
         self.storage.put_json(scores_to_json(scores), BASE_EVAL)
         return scores
 
@@ -323,12 +326,19 @@ def _train_and_evaluate(r: _Run, report: data_mod.DataReport, tokenizer: Any, mo
           f"{100 * efficiency:.1f}% real tokens)", flush=True)
     eval_rows = training_rows([encode(ex, tokenizer) for ex in report.validation], hp.max_seq_length, False, hp.seed)
     final_set = (report.test or report.validation)[: spec.evaluation.max_samples]
+    scored = answered(final_set)
+    if scored:
+        try:  # a declared shape that does not fit the answers fails before any training
+            metrics.choose_shape(spec.evaluation.answer_shape, [ex.final_answer() for ex in scored], [ex.where for ex in scored])
+        except ValueError as err:
+            raise BadInput(f"spec.{err}") from err
+    budget = generation_budget(tokenizer, final_set, spec.evaluation.max_new_tokens)
 
     model = load_model(model_dir, spec, spec.base_model.trust_remote_code)
     base = None
     if spec.evaluation.compare_with_base and final_set:
         print(f"scoring the base model on {len(final_set)} held-out examples ...", flush=True)
-        base = r.base_scores(model, tokenizer, final_set)
+        base = r.base_scores(model, tokenizer, final_set, budget)
     set_seed(hp.seed)  # the adapter's init must not depend on whether base scoring ran
     model = prepare_for_training(model, spec)
     print(f"method {spec.method}: {trainable_summary(model)}", flush=True)
@@ -388,7 +398,7 @@ def _train_and_evaluate(r: _Run, report: data_mod.DataReport, tokenizer: Any, mo
     if not trainer.is_world_process_zero():
         return  # rank 0 exports, evaluates and reports; the other workers are done
     r.report(trainer.state, force=True)
-    _finish(r, model, tokenizer, model_dir, final_set, base, result)
+    _finish(r, model, tokenizer, model_dir, final_set, base, budget, result)
 
 
 def dataset_summary(report: data_mod.DataReport, report_uri: str) -> DatasetSummary:
@@ -400,12 +410,18 @@ def dataset_summary(report: data_mod.DataReport, report_uri: str) -> DatasetSumm
 
 
 def evaluation_summary(evaluation: dict[str, Any]) -> EvaluationSummary:
+    """status.evaluation: the headline metric for the answers' shape, and the regressions the deployment gate reads."""
     base, tuned = evaluation.get("base") or {}, evaluation["tuned"]
+    head = evaluation.get("headline")
+    b_metrics, t_metrics = base.get("metrics") or {}, tuned.get("metrics") or {}
     return EvaluationSummary(
-        samples=evaluation["samples"], base_loss=base.get("loss"), tuned_loss=tuned["loss"],
+        samples=evaluation["samples"], shape=evaluation.get("shape"), metric=head,
+        base_score=metrics.headline(b_metrics, head) if head else None,
+        tuned_score=metrics.headline(t_metrics, head) if head else None,
+        base_loss=base.get("loss"), tuned_loss=tuned["loss"],
         base_perplexity=base.get("perplexity"), tuned_perplexity=tuned["perplexity"],
-        base_exact_match=base.get("exactMatch"), tuned_exact_match=tuned["exactMatch"],
-        regressions=evaluation.get("regressions"),
+        base_exact_match=metrics.headline(b_metrics, "exactMatch"), tuned_exact_match=metrics.headline(t_metrics, "exactMatch"),
+        regressions=evaluation.get("regressions"), improvements=evaluation.get("improvements"),
     )
 
 
@@ -418,7 +434,8 @@ def _eval_loader(trainer: Any, rows: list[dict], collator: Any, batch_size: int)
     return loader
 
 
-def _finish(r: _Run, model: Any, tokenizer: Any, model_dir: Path, final_set: list, base: Any, result: RunResult) -> None:
+def _finish(r: _Run, model: Any, tokenizer: Any, model_dir: Path, final_set: list, base: Any, budget: Budget,
+            result: RunResult) -> None:
     spec = r.spec
     if r.best_step is not None and r.best_step != result.steps:
         _load_best_weights(r, model)
@@ -433,8 +450,13 @@ def _finish(r: _Run, model: Any, tokenizer: Any, model_dir: Path, final_set: lis
         result.artifacts["mergedUri"] = r.storage.uri(MERGED)
     if final_set:
         print(f"scoring the tuned model on {len(final_set)} held-out examples ...", flush=True)
-        tuned = score(model, tokenizer, final_set, spec.evaluation.max_new_tokens)
-        evaluation = compare(final_set, base, tuned)
+        if spec.method == "lora":
+            # Unmerged LoRA adds small ops per adapted layer to every generated token: +16% generation
+            # time on CPU (measured, docs/benchmarks.md). The adapter is exported already, so merge.
+            # Not for qlora: merging into 4-bit weights would round the update away.
+            model.merge_adapter()
+        tuned = score(model, tokenizer, final_set, budget)
+        evaluation = compare(final_set, base, tuned, spec.evaluation.answer_shape, budget)
         evaluation["bestStep"] = r.best_step
         evaluation["stoppedEarly"] = r.stopped_early
         r.storage.put_json(evaluation, EVAL_REPORT)

@@ -115,7 +115,21 @@ class EvaluationSpec(KubeModel):
     eval_steps: int = Field(50, ge=1, description="Evaluate on the held-out split every N optimizer steps.")
     compare_with_base: bool = Field(True, description="Also evaluate the untuned base model and report the difference.")
     max_samples: int = Field(200, ge=1, le=100000, description="Held-out examples used for the final report.")
-    max_new_tokens: int = Field(64, ge=1, le=4096, description="Generation budget for exact-match scoring of short answers.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, le=4096,
+        description=(
+            "Cap on generated tokens per answer in the final report. By default the budget is the longest "
+            "reference answer plus max(8, 25%), so every answer can be scored whatever its length."
+        ),
+    )
+    answer_shape: Literal["auto", "json", "label", "short", "text"] = Field(
+        "auto",
+        description=(
+            "What the answers look like, which picks the report's metrics: json (valid-JSON rate, structural "
+            "match, per-field accuracy), label (accuracy, macro-F1), short (exact match), text (ROUGE-L). "
+            "auto detects it from the reference answers."
+        ),
+    )
 
 
 class ResourcesSpec(PlacementSpec):
@@ -280,13 +294,20 @@ class EvaluationSummary(KubeModel):
     """Base vs tuned on the held-out split."""
 
     samples: int | None = Field(None, description="Examples evaluated.")
+    shape: str | None = Field(None, description="Shape of the answers the metrics were chosen for: json, label, short or text.")
+    metric: str | None = Field(None, description="The headline metric for that shape: jsonMatch, accuracy, exactMatch or rougeL.")
+    base_score: float | None = Field(None, description="Base model's headline metric (a rate in [0, 1]).")
+    tuned_score: float | None = Field(None, description="Tuned model's headline metric (a rate in [0, 1]).")
     base_loss: float | None = Field(None, description="Base model loss.")
     tuned_loss: float | None = Field(None, description="Tuned model loss.")
     base_perplexity: float | None = Field(None, description="Base model perplexity.")
     tuned_perplexity: float | None = Field(None, description="Tuned model perplexity.")
-    base_exact_match: float | None = Field(None, description="Base exact-match rate on short answers.")
-    tuned_exact_match: float | None = Field(None, description="Tuned exact-match rate on short answers.")
-    regressions: int | None = Field(None, description="Examples the base answered right and the tuned model gets wrong.")
+    base_exact_match: float | None = Field(None, description="Base exact-match rate (whitespace-normalised) over every scored example.")
+    tuned_exact_match: float | None = Field(None, description="Tuned exact-match rate (whitespace-normalised) over every scored example.")
+    regressions: int | None = Field(
+        None, description="Examples the base answered right and the tuned model gets wrong under the headline metric."
+    )
+    improvements: int | None = Field(None, description="Examples the base got wrong and the tuned model gets right.")
 
 
 class FineTuneJobStatus(KubeModel):
