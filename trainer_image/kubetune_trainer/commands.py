@@ -169,31 +169,15 @@ def _pull_model(args: argparse.Namespace) -> int:
 
 
 def _pull_s3(uri: str, dest: Path) -> tuple[int, int]:
-    """Every object under the prefix, in parallel; files already there with the right size are kept
-    (an init container that restarts resumes). Returns (files, bytes)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .storage import S3Storage
+    """Every object under the prefix (an init container that restarts resumes). Returns (files, bytes)."""
+    from .storage import S3Storage, download_prefix
 
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    prefix = prefix.strip("/")
     store = S3Storage(f"s3://{bucket}", os.environ.get("AWS_ENDPOINT_URL"),
                       os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"))
-    sizes = {rel: n for rel, n in store.list_sizes(prefix).items() if rel and not rel.endswith("/")}
+    sizes = download_prefix(store, prefix, dest)
     if not sizes:
         raise FileNotFoundError(f"no objects under {uri.rstrip('/')}/ (pull-model copies a prefix: a model directory)")
-    root = dest.resolve()
-    for rel in sizes:
-        if not (root / rel).resolve().is_relative_to(root):
-            raise ValueError(f"object key {rel!r} would be written outside {dest}")
-
-    def fetch(rel: str) -> None:
-        target = root / rel
-        if not (target.is_file() and target.stat().st_size == sizes[rel]):
-            store.get_file(f"{prefix}/{rel}", target)
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(fetch, sizes))
     return len(sizes), sum(sizes.values())
 
 

@@ -433,18 +433,30 @@ def _download_s3(uri: str, endpoint: str | None, region: str | None, workers: in
         if not (target.is_file() and target.stat().st_size == size):
             store.get_file(key, target)
         return target
-    sizes = store.list_sizes(key.rstrip("/"))
-    if not sizes:
+    if not download_prefix(store, key, target, workers):
         raise FileNotFoundError(f"{uri}: no such object or prefix")
+    return target
+
+
+def download_prefix(store: "S3Storage", prefix: str, target: Path, workers: int = 8) -> dict[str, int]:
+    """Every object under prefix into target, in parallel; files already there with the listed size
+    are kept (a restarted download resumes). Returns {relative path: size}; empty when nothing is there.
+    A key that would land outside target (`..`) is refused before anything is written."""
+    prefix = prefix.strip("/")
+    sizes = {rel: n for rel, n in store.list_sizes(prefix).items() if rel and not rel.endswith("/")}
+    root = target.resolve()
+    for rel in sizes:
+        if not (root / rel).resolve().is_relative_to(root):
+            raise ValueError(f"object key {rel!r} would be written outside {target}")
 
     def fetch(rel: str) -> None:
-        dest = target / rel
+        dest = root / rel
         if not (dest.is_file() and dest.stat().st_size == sizes[rel]):
-            store.get_file(f"{key.rstrip('/')}/{rel}", dest)
+            store.get_file(f"{prefix}/{rel}" if prefix else rel, dest)
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(fetch, sizes))
-    return target
+    return sizes
 
 
 def _object_size(store: S3Storage, key: str) -> int | None:
