@@ -53,7 +53,7 @@ def round_of(st: ModelDeploymentStatus, verdict: str, reason: str, message: str,
 
 def step(previous: ModelDeploymentStatus, res: Resolution, ready: dict[str, int] | None = None, at: float = 0,
          sp: ModelDeploymentSpec | None = None, result: RoundResult | None = None) -> ModelDeploymentStatus:
-    obs = Observed(spec=sp or spec(), name="bot", namespace="ns", desired=res.revision, note=res.message,
+    obs = Observed(spec=sp or spec(), name="bot", namespace="ns", desired=res.revision,
                    previous=previous, ready=ready or {}, now=T0 + timedelta(seconds=at))
     return finish(advance(obs, result), obs, res, GEN, ENDPOINT, obs.now)
 

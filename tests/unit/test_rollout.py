@@ -43,7 +43,7 @@ def rev(name: str) -> ServedRevision:
 def obs(status: ModelDeploymentStatus, desired: str | None, ready: dict[str, int] | None = None,
         at: float = 0, sp: ModelDeploymentSpec | None = None) -> Observed:
     return Observed(spec=sp or spec(), name="bot", namespace="ns", desired=rev(desired) if desired else None,
-                    note="", previous=status, ready=ready or {}, now=T0 + timedelta(seconds=at))
+                    previous=status, ready=ready or {}, now=T0 + timedelta(seconds=at))
 
 
 def passed(status: ModelDeploymentStatus, verdict: str = "Continue", reason: str | None = None,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.finetunejob import CheckpointRef, DatasetSummary, EvaluationSummary, FineTuneJobSpec, Progress
+from kubetune.api.finetunejob import CheckpointRef, DatasetSummary, EvaluationSummary, Progress
 from kubetune.api.trainer_config import EXIT_BAD_INPUT, EXIT_OK, EXIT_PREEMPTED, TrainerConfig
 
 from . import data as data_mod

@@ -90,7 +90,7 @@ def _reconcile_locked(ctx: Context, md: dict, logger: logging.Logger) -> bool:
     res = resolve(spec, ftj, ctx.settings)
     deployments = _deployments(ctx, owner)
     ready = {rev: (dep.get("status") or {}).get("readyReplicas") or 0 for rev, dep in deployments.items()}
-    obs = Observed(spec=spec, name=owner.name, namespace=owner.namespace, desired=res.revision, note=res.message,
+    obs = Observed(spec=spec, name=owner.name, namespace=owner.namespace, desired=res.revision,
                    previous=previous, ready=ready, now=now)
     target = wants_analysis(obs)
     result = None

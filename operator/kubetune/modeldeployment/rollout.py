@@ -21,7 +21,7 @@ from datetime import datetime
 
 from kubetune.api import ModelDeploymentSpec, ModelDeploymentStatus
 from kubetune.api.modeldeployment import AbortedRevision, AnalysisCounts, Commands, Revision
-from kubetune.builders.serving import ServedRevision, replica_split
+from kubetune.builders.serving import ServedRevision, replica_split, served_model_name
 from kubetune.modeldeployment.analysis import RoundResult, Target, due
 
 MAX_MEASUREMENTS = 20
@@ -36,7 +36,6 @@ class Observed:
     name: str
     namespace: str
     desired: ServedRevision | None      # what spec.model resolves to now; None while there is nothing to serve
-    note: str                           # why there is no desired revision (or what it is)
     previous: ModelDeploymentStatus
     ready: dict[str, int]               # revision -> ready replicas of its Deployment
     now: datetime
@@ -80,7 +79,7 @@ def wants_analysis(obs: Observed) -> Target | None:
         return None
     return Target(namespace=obs.namespace, canary=st.canary.revision,
                   stable=st.stable.revision if st.stable else None,
-                  model=spec.serving.served_model_name or obs.name)
+                  model=served_model_name(spec, obs.name))
 
 
 def _enter_step(st: ModelDeploymentStatus, step: int, now: datetime, keep_counts: bool = True) -> ModelDeploymentStatus:

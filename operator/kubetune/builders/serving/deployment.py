@@ -45,8 +45,9 @@ def supports_shutdown_timeout(image: str) -> bool:
     return m is not None and tuple(map(int, m.groups())) >= SHUTDOWN_TIMEOUT_SINCE
 
 
-def served_model_name(spec: ModelDeploymentSpec, owner: Owner) -> str:
-    return spec.serving.served_model_name or owner.name
+def served_model_name(spec: ModelDeploymentSpec, name: str) -> str:
+    """The name clients ask for: spec.serving.servedModelName, else the ModelDeployment's name."""
+    return spec.serving.served_model_name or name
 
 
 def _location(uri: str | None, pulled_to: str) -> str:
@@ -70,7 +71,7 @@ def pulls(rev: ServedRevision) -> list[tuple[str, str]]:
 def vllm_args(spec: ModelDeploymentSpec, rev: ServedRevision, owner: Owner) -> list[str]:
     """Arguments after `vllm serve`: the model first, then flags; spec.serving.extraArgs last."""
     s = spec.serving
-    name = served_model_name(spec, owner)
+    name = served_model_name(spec, owner.name)
     if rev.mode == "adapter":
         if rev.lora_rank is None:
             raise ValueError("adapter mode needs the adapter's rank (serving_problems explains why)")
