@@ -7,6 +7,9 @@ cd "${root}"
 venv="$(bash hack/bootstrap.sh)"
 tools_bin="$(bash hack/tools.sh)"
 bash hack/gateway-api-crds.sh >/dev/null
+# versitygw: the S3 store that keeps its data across restarts (tests/support/s3_fixtures.py).
+KUBETUNE_VERSITYGW="$(bash hack/versitygw.sh)"
+export KUBETUNE_VERSITYGW
 if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   KUBEBUILDER_ASSETS="$(bash hack/build-k8s.sh)"
   export KUBEBUILDER_ASSETS

@@ -17,6 +17,7 @@ pytest_plugins = [
         "tests.support.cluster_fixtures",
         "tests.support.prometheus_fixtures",
         "tests.support.serving_fixtures",
+        "tests.support.pod_runner_fixtures",
     )
     if importlib.util.find_spec(name) is not None
 ]

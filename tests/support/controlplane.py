@@ -96,6 +96,9 @@ class ControlPlane:
             # No real network: the "kubernetes" Service needs no endpoints, and a
             # single loopback apiserver gains nothing from APF or profiling.
             "--endpoint-reconciler-type=none", "--enable-priority-and-fairness=false", "--profiling=false",
+            # As on OpenShift and hardened clusters: setting blockOwnerDeletion needs update on the
+            # owner's finalizers, so the operator's rules for that are exercised (tests/e2e/test_operator_rbac.py).
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
         ])
         self._write_kubeconfig()
         wait_for(lambda: self._readyz(apiserver), 90, "kube-apiserver /readyz", interval=0.5,

@@ -15,10 +15,17 @@ KWOK plays kubelet for nodes annotated kwok.x-k8s.io/node=fake. Its Stages
   `kwok.kubetune.io/reason`, default Error), after the same run duration; the
   annotation is on the pod template so Job podFailurePolicy can be tested.
 - pod-delete: deleted pods go away at once (no real kubelet to confirm).
+- pod-image-pull-error / pod-image-pull-backoff: a pod whose image starts with
+  UNPULLABLE_IMAGE_PREFIX never starts: its containers wait with ErrImagePull,
+  then ImagePullBackOff, with messages like a kubelet's.
+
+Pods whose containers use an image in RUNNER_IMAGES are skipped by every pod
+Stage: the pod runner (tests/support/pod_runner) runs them as real processes.
 """
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 from kubernetes import client as k8s
@@ -29,6 +36,11 @@ REASON = f"{ANNOTATION_PREFIX}/reason"
 RUN_DURATION = f"{ANNOTATION_PREFIX}/run-duration"
 NOT_READY = f"{ANNOTATION_PREFIX}/not-ready"
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+UNPULLABLE_IMAGE_PREFIX = "registry.invalid/"  # .invalid never resolves (RFC 2606)
+_UNPULLABLE = f'.spec.containers.[] | select(.image | startswith("{UNPULLABLE_IMAGE_PREFIX}")) | .image'
+# Images the pod runner executes for real (tests/support/pod_runner/images.py); KWOK leaves their pods alone.
+RUNNER_IMAGES = ("kubetune-trainer:local",)
+_RUNNER_IMAGES = json.dumps(list(RUNNER_IMAGES))
 
 
 def _ann(key: str) -> str:
@@ -126,7 +138,9 @@ spec:
   selector:
     matchExpressions:
     - {{key: '.metadata.deletionTimestamp', operator: DoesNotExist}}
+    - {{key: '.spec.containers.[].image', operator: NotIn, values: {_RUNNER_IMAGES}}}
     - {{key: '.status.podIP', operator: DoesNotExist}}
+    - {{key: '{_UNPULLABLE}', operator: DoesNotExist}}
   next:
     statusTemplate: |
       {{{{ $now := Now }}}}
@@ -150,12 +164,80 @@ spec:
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
+metadata: {{name: pod-image-pull-error}}
+spec:
+  resourceRef: {{apiGroup: v1, kind: Pod}}
+  selector:
+    matchExpressions:
+    - {{key: '.metadata.deletionTimestamp', operator: DoesNotExist}}
+    - {{key: '{_UNPULLABLE}', operator: Exists}}
+    - {{key: '.status.containerStatuses', operator: DoesNotExist}}
+  next:
+    statusTemplate: |
+      {{{{ $now := Now }}}}
+      conditions:
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "True", type: Initialized}}
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "False", type: Ready, reason: ContainersNotReady}}
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "False", type: ContainersReady, reason: ContainersNotReady}}
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "True", type: PodScheduled}}
+      containerStatuses:
+      {{{{ range .spec.containers }}}}
+      - image: {{{{ .image | Quote }}}}
+        name: {{{{ .name | Quote }}}}
+        ready: false
+        started: false
+        restartCount: 0
+        state:
+          waiting:
+            reason: ErrImagePull
+            message: {{{{ printf "failed to pull and unpack image %q: failed to resolve reference %q: dial tcp: lookup registry.invalid: no such host" .image .image | Quote }}}}
+      {{{{ end }}}}
+      hostIP: {{{{ NodeIPWith .spec.nodeName | Quote }}}}
+      phase: Pending
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata: {{name: pod-image-pull-backoff}}
+spec:
+  resourceRef: {{apiGroup: v1, kind: Pod}}
+  selector:
+    matchExpressions:
+    - {{key: '.metadata.deletionTimestamp', operator: DoesNotExist}}
+    - {{key: '{_UNPULLABLE}', operator: Exists}}
+    - {{key: '.status.containerStatuses.[].state.waiting.reason', operator: In, values: [ErrImagePull]}}
+  delay: {{durationMilliseconds: 2000}}
+  next:
+    statusTemplate: |
+      {{{{ $now := Now }}}}
+      conditions:
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "True", type: Initialized}}
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "False", type: Ready, reason: ContainersNotReady}}
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "False", type: ContainersReady, reason: ContainersNotReady}}
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "True", type: PodScheduled}}
+      hostIP: {{{{ NodeIPWith .spec.nodeName | Quote }}}}
+      phase: Pending
+      containerStatuses:
+      {{{{ range .spec.containers }}}}
+      - image: {{{{ .image | Quote }}}}
+        name: {{{{ .name | Quote }}}}
+        ready: false
+        started: false
+        restartCount: 0
+        state:
+          waiting:
+            reason: ImagePullBackOff
+            message: {{{{ printf "Back-off pulling image %q" .image | Quote }}}}
+      {{{{ end }}}}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
 metadata: {{name: pod-complete}}
 spec:
   resourceRef: {{apiGroup: v1, kind: Pod}}
   selector:
     matchExpressions:
     - {{key: '.metadata.deletionTimestamp', operator: DoesNotExist}}
+    - {{key: '.spec.containers.[].image', operator: NotIn, values: {_RUNNER_IMAGES}}}
     - {{key: '.status.phase', operator: In, values: [Running]}}
     - {{key: '.metadata.ownerReferences.[].kind', operator: In, values: [Job]}}
     - {{key: '{_ann(EXIT_CODE)}', operator: DoesNotExist}}
@@ -187,6 +269,7 @@ spec:
   selector:
     matchExpressions:
     - {{key: '.metadata.deletionTimestamp', operator: DoesNotExist}}
+    - {{key: '.spec.containers.[].image', operator: NotIn, values: {_RUNNER_IMAGES}}}
     - {{key: '.status.phase', operator: In, values: [Running]}}
     - {{key: '{_ann(EXIT_CODE)}', operator: Exists}}
   delay:
@@ -220,6 +303,7 @@ spec:
   selector:
     matchExpressions:
     - {{key: '.metadata.deletionTimestamp', operator: Exists}}
+    - {{key: '.spec.containers.[].image', operator: NotIn, values: {_RUNNER_IMAGES}}}
   next:
     finalizers: {{empty: true}}
     delete: true
