@@ -18,6 +18,8 @@ class Context:
     settings: OperatorSettings
     # Job uid -> the Job state last reconciled; Job events that change nothing in it are skipped.
     handled_jobs: dict[str, tuple] = field(default_factory=dict)
+    # Trainer pod uid -> the blocker reason last acted on (None: none); see finetunejob.handlers.on_trainer_pod.
+    pod_blockers: dict[str, str | None] = field(default_factory=dict)
     # namespace/name -> time.monotonic() of its last reconciliation; the resync skips recent ones.
     last_reconciled: dict[str, float] = field(default_factory=dict)
     # namespace/name -> lock: a ModelDeployment is reconciled by one thread at a time, so the

@@ -4,12 +4,21 @@ Both controllers use only this class. It covers the few kinds the operator owns,
 "already exists" (409) and "not found" (404) ordinary outcomes instead of
 errors, and leaves every other error to kopf's retry. Bodies stay JSON dicts
 (no model deserialisation), which keeps memory low with many jobs.
+
+Retries are bounded and spread out. An overloaded or restarting apiserver (429, 5xx) is
+retried here a few times with exponential backoff and jitter, honouring Retry-After;
+past that the error goes to the caller, whose retry (kopf's, through `retry_delay`) is
+bounded too. A create the apiserver refuses for what it contains (400, 403, 422) raises
+`Rejected`, which the controllers turn into status instead of retrying blindly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -34,6 +43,84 @@ PLURALS = {
 MERGE_PATCH = "application/merge-patch+json"
 EVENT_SOURCE = "kubetune-operator"
 
+# Overload or a restarting apiserver: worth the same request again shortly.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Attempts of one request (the first included) before a transient error reaches the caller.
+CALL_ATTEMPTS = 4
+CALL_BACKOFF_BASE = 0.5    # seconds; doubled per attempt, jittered
+CALL_BACKOFF_CAP = 8.0     # no single wait here is longer (a longer Retry-After goes to the caller)
+# The caller's (kopf handler) retries: doubled from HANDLER_BACKOFF_BASE up to the cap, jittered;
+# after HANDLER_RETRIES (about 40 min) kopf gives up and the periodic resync is what is left.
+HANDLER_BACKOFF_BASE = 5.0
+HANDLER_BACKOFF_CAP = 300.0
+HANDLER_RETRIES = 12
+# What the apiserver refuses for the request's content; retrying the same request cannot help.
+REJECTED_STATUSES = frozenset({400, 403, 422})
+
+
+def backoff(attempt: int, base: float, cap: float, rand: Callable[[], float] = random.random) -> float:
+    """Seconds before retry number `attempt` (0-based): "equal jitter" over min(cap, base * 2^attempt),
+    so many clients that failed together do not come back together, and none comes back at once."""
+    ceiling = min(cap, base * (2 ** attempt))
+    return ceiling / 2 + rand() * ceiling / 2
+
+
+def retry_after(err: Exception) -> float | None:
+    """The apiserver's Retry-After (seconds) on a 429/503, if it sent one."""
+    headers = getattr(err, "headers", None) or {}
+    value = headers.get("Retry-After") if hasattr(headers, "get") else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: the apiserver never sends one; fall back to backoff
+
+
+def is_transient(err: Exception) -> bool:
+    return isinstance(err, ApiException) and err.status in TRANSIENT_STATUSES
+
+
+def retry_delay(attempt: int, err: Exception | None = None, rand: Callable[[], float] = random.random) -> float:
+    """Seconds before a handler's retry number `attempt`: at least the apiserver's Retry-After,
+    else the jittered exponential backoff."""
+    delay = backoff(attempt, HANDLER_BACKOFF_BASE, HANDLER_BACKOFF_CAP, rand)
+    after = retry_after(err) if err is not None else None
+    return max(delay, after) if after is not None else delay
+
+
+def api_message(err: ApiException) -> str:
+    """The apiserver's own explanation (Status.message), else the HTTP reason."""
+    try:
+        return json.loads(err.body).get("message") or str(err.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(err.body or err.reason)
+
+
+class Rejected(ApiException):
+    """The apiserver refused to create an object for what it contains (400/422: invalid;
+    403: forbidden by RBAC, a quota or an admission policy). Still an ApiException, so
+    callers that do not look for it keep their behaviour."""
+
+    def __init__(self, err: ApiException, kind: str, name: str):
+        super().__init__(status=err.status, reason=err.reason)
+        self.body, self.headers = err.body, err.headers
+        self.kind, self.name = kind, name
+        self.message = api_message(err)
+
+    @property
+    def invalid(self) -> bool:
+        """The object itself is invalid (fixed only by a different spec), as opposed to forbidden."""
+        return self.status in (400, 422)
+
+    @property
+    def reason_word(self) -> str:
+        """One CamelCase word for status and Events."""
+        if self.invalid:
+            return "InvalidSpec"
+        return "QuotaExceeded" if "exceeded quota" in self.message else "Forbidden"
+
+    def __str__(self) -> str:
+        return f"the apiserver refused to create {self.kind} {self.name} ({self.status}): {self.message}"
+
 
 def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None,
                   subresource: str | None = None) -> str:
@@ -47,18 +134,33 @@ def resource_path(api_version: str, kind: str, namespace: str, name: str | None 
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient):
+    def __init__(self, api_client: client.ApiClient, sleep: Callable[[float], None] = time.sleep,
+                 rand: Callable[[], float] = random.random):
         self.api = api_client
+        self._sleep, self._rand = sleep, rand
 
     def _call(self, method: str, path: str, body: Any = None, query: list | None = None,
               content_type: str = "application/json") -> dict:
-        response = self.api.call_api(
-            path, method, query_params=query or [], body=body,
-            header_params={"Accept": "application/json", "Content-Type": content_type},
-            auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
-            _request_timeout=30,
-        )
-        return json.loads(response.data)
+        # Every request the operator makes is safe to repeat: GETs and merge patches are
+        # idempotent, a repeated create meets 409 (handled by create_if_absent), an Event twice is harmless.
+        for attempt in range(CALL_ATTEMPTS):
+            try:
+                response = self.api.call_api(
+                    path, method, query_params=query or [], body=body,
+                    header_params={"Accept": "application/json", "Content-Type": content_type},
+                    auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
+                    _request_timeout=30,
+                )
+                return json.loads(response.data)
+            except ApiException as err:
+                if not is_transient(err) or attempt == CALL_ATTEMPTS - 1:
+                    raise
+                after = retry_after(err)
+                if after is not None and after > CALL_BACKOFF_CAP:
+                    raise  # a long pause is the caller's to take, not a handler thread's
+                delay = backoff(attempt, CALL_BACKOFF_BASE, CALL_BACKOFF_CAP, self._rand)
+                self._sleep(max(delay, after) if after is not None else delay)
+        raise AssertionError("unreachable")
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
         try:
@@ -79,6 +181,8 @@ class Kube:
         try:
             return self._call("POST", path, body=obj), True
         except ApiException as err:
+            if err.status in REJECTED_STATUSES:
+                raise Rejected(err, obj["kind"], meta["name"]) from err
             if err.status != 409:
                 raise
         existing = self.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+
+GLOB_CHARS = set("*?[]!")
 
 
 def _operator(args: argparse.Namespace) -> int:
+    # kopf would treat "team-*" as a pattern and watch Namespace objects to expand it, which needs a
+    # cluster-wide grant the namespace-scoped install (Roles only) does not give: names only.
+    patterns = [ns for ns in args.namespace if GLOB_CHARS & set(ns)]
+    if patterns:
+        print(f"kubetune operator: --namespace takes namespace names, not patterns: {', '.join(patterns)}",
+              file=sys.stderr)
+        return 2
     from kubetune.operator_main import run  # imports kopf only when the operator runs
 
     return run(namespaces=[] if args.all_namespaces else args.namespace,

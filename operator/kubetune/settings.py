@@ -43,6 +43,10 @@ class OperatorSettings:
     prometheus_address: str | None = None
     # Seconds between passes over ModelDeployments with a rollout under way (steps, analysis, retirements).
     rollout_tick_seconds: float = 5.0
+    # Guardrails (kubetune.guardrails): trainer images and Secret names a FineTuneJob may use;
+    # an entry ending in "*" is a prefix; empty allows anything.
+    allowed_trainer_images: tuple[str, ...] = ()
+    allowed_secrets: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "OperatorSettings":
@@ -63,4 +67,11 @@ class OperatorSettings:
             resync_seconds=float(env.get("KUBETUNE_RESYNC_SECONDS", "60")),
             prometheus_address=env.get("KUBETUNE_PROMETHEUS_ADDRESS") or None,
             rollout_tick_seconds=float(env.get("KUBETUNE_ROLLOUT_TICK_SECONDS", "5")),
+            allowed_trainer_images=_csv(env.get("KUBETUNE_ALLOWED_TRAINER_IMAGES")),
+            allowed_secrets=_csv(env.get("KUBETUNE_ALLOWED_SECRETS")),
         )
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    """A comma-separated list (the chart joins Helm lists with commas); blanks dropped."""
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())

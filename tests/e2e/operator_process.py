@@ -26,22 +26,32 @@ NAMESPACE = "kubetune-system"
 SERVICE_ACCOUNT = "kubetune-operator"
 
 
-def install_operator_rbac(cluster: ControlPlane) -> None:
-    if cluster.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
-        cluster.create_namespace(NAMESPACE)
-    rendered = subprocess.run(
-        ["helm", "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-         "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/clusterrole.yaml",
-         "--show-only", "templates/clusterrolebinding.yaml"],
+def render_operator_rbac(release: str = RELEASE, namespaces: list[str] | None = None) -> str:
+    """The chart's ServiceAccount and RBAC: cluster-wide, or (namespaces given) the namespace-scoped
+    install's Role and RoleBinding in each of them and no ClusterRole."""
+    if namespaces:
+        scope = ["--set", "watchAllNamespaces=false", "--set", f"watchNamespaces={{{','.join(namespaces)}}}",
+                 "--show-only", "templates/role.yaml"]
+    else:
+        scope = ["--show-only", "templates/clusterrole.yaml", "--show-only", "templates/clusterrolebinding.yaml"]
+    return subprocess.run(
+        ["helm", "template", release, str(CHART), "--namespace", NAMESPACE,
+         "--show-only", "templates/serviceaccount.yaml", *scope],
         check=True, capture_output=True, text=True,
     ).stdout
-    manifest = cluster.workdir / "operator-rbac.yaml"
+
+
+def install_operator_rbac(cluster: ControlPlane, release: str = RELEASE, namespaces: list[str] | None = None) -> None:
+    if cluster.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
+        cluster.create_namespace(NAMESPACE)
+    rendered = render_operator_rbac(release, namespaces)
+    manifest = cluster.workdir / f"operator-rbac-{release}.yaml"
     manifest.write_text(rendered)
     cluster.kubectl("apply", "-f", str(manifest))
 
 
-def operator_kubeconfig(cluster: ControlPlane, path: Path) -> Path:
-    api = service_account_client(cluster, NAMESPACE, SERVICE_ACCOUNT, expiration_seconds=4 * 3600, create=False)
+def operator_kubeconfig(cluster: ControlPlane, path: Path, service_account: str = SERVICE_ACCOUNT) -> Path:
+    api = service_account_client(cluster, NAMESPACE, service_account, expiration_seconds=4 * 3600, create=False)
     token = api.configuration.api_key["authorization"]
     path.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "operator",
@@ -55,21 +65,28 @@ def operator_kubeconfig(cluster: ControlPlane, path: Path) -> Path:
 
 
 class OperatorProcess:
-    def __init__(self, cluster: ControlPlane, env: dict[str, str] | None = None):
-        install_operator_rbac(cluster)
+    """`release` names the chart's objects ("<release>-operator"); `namespaces`: a namespace-scoped
+    install watching only those; `install_rbac=False`: the caller applied the RBAC itself."""
+
+    def __init__(self, cluster: ControlPlane, env: dict[str, str] | None = None, release: str = RELEASE,
+                 namespaces: list[str] | None = None, install_rbac: bool = True):
+        if install_rbac:
+            install_operator_rbac(cluster, release, namespaces)
         self.cluster = cluster
         self.metrics_port = free_port()
         self.liveness_port = free_port()
-        kubeconfig = operator_kubeconfig(cluster, cluster.workdir / "operator.kubeconfig")
+        kubeconfig = operator_kubeconfig(cluster, cluster.workdir / f"operator-{release}.kubeconfig",
+                                         f"{release}-operator")
+        scope = [f"--namespace={ns}" for ns in namespaces] if namespaces else ["--all-namespaces"]
         full_env = {**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})}
         full_env.pop("KUBERNETES_SERVICE_HOST", None)  # use the kubeconfig even inside a pod
         self.process = ManagedProcess(
-            "kubetune-operator",
-            [sys.executable, "-m", "kubetune.cli", "operator", "--all-namespaces",
+            "kubetune-operator" if release == RELEASE else f"kubetune-operator-{release}",
+            [sys.executable, "-m", "kubetune.cli", "operator", *scope,
              f"--metrics-port={self.metrics_port}", f"--liveness-port={self.liveness_port}"],
             cluster.log_dir, env=full_env,
         )
-        cluster.processes["kubetune-operator"] = self.process  # logs shown on failure, stopped at teardown
+        cluster.processes[self.process.name] = self.process  # logs shown on failure, stopped at teardown
 
     def start(self) -> "OperatorProcess":
         self.process.start()

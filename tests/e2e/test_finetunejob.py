@@ -20,6 +20,7 @@ from kubernetes.client.rest import ApiException
 from kubetune.api import GROUP, VERSION
 from kubetune.api.finetunejob import Progress
 from kubetune_trainer.progress import KubernetesStatusReporter
+from tests.e2e.finetunejob_api import PLURAL, Api
 from tests.e2e.operator_process import OperatorProcess
 from tests.support import kwok
 from tests.support.controlplane import ControlPlane, service_account_client
@@ -28,7 +29,6 @@ from tests.support.procs import wait_for
 pytestmark = pytest.mark.e2e
 
 NS = "ftj-e2e"
-PLURAL = "finetunejobs"
 SECRET_VALUE = "e2e-secret-value-never-copied"
 RUN_FOREVER = {kwok.RUN_DURATION: "87600h"}
 
@@ -39,94 +39,28 @@ def operator(e2e_cluster: ControlPlane, kubetune_crds: list[str]) -> Iterator[Op
     k8s.CoreV1Api(e2e_cluster.api_client()).create_namespaced_secret(NS, k8s.V1Secret(
         metadata=k8s.V1ObjectMeta(name="s3-creds"),
         string_data={"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": SECRET_VALUE}))
-    op = OperatorProcess(e2e_cluster, env={"KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:e2e",
-                                           "KUBETUNE_DEFAULT_STORAGE_URI": "s3://platform/runs",
-                                           "KUBETUNE_RESYNC_SECONDS": "3"}).start()
+    op = OperatorProcess(e2e_cluster, env=operator_env(resync_seconds=600)).start()
     yield op
     op.stop()
 
 
+def operator_env(resync_seconds: int) -> dict[str, str]:
+    # A long resync for the module's operator: what the tests see must come from events and
+    # from the startup pass (or they fail when those are removed); the resync has its own test.
+    return {"KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:e2e", "KUBETUNE_DEFAULT_STORAGE_URI": "s3://platform/runs",
+            "KUBETUNE_RESYNC_SECONDS": str(resync_seconds)}
+
+
 @pytest.fixture(scope="module")
-def api(e2e_cluster: ControlPlane) -> "Api":
-    return Api(e2e_cluster)
-
-
-class Api:
-    """The user's (admin) view of the cluster, with small waits."""
-
-    def __init__(self, cluster: ControlPlane):
-        self.cluster = cluster
-        client = cluster.api_client()
-        self.custom = k8s.CustomObjectsApi(client)
-        self.batch = k8s.BatchV1Api(client)
-        self.core = k8s.CoreV1Api(client)
-
-    def apply(self, name: str, suspend: bool = False, **spec) -> dict:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}", "kind": "FineTuneJob", "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "baseModel": {"uri": "s3://models/tiny"},
-                "dataset": {"train": "s3://data/train.jsonl"},
-                "storage": {"uri": "s3://runs/e2e", "credentialsSecret": {"name": "s3-creds"}},
-                "resources": {"gpusPerNode": 1, "cpu": "2", "memory": "8Gi"},
-                "suspend": suspend,
-                **spec,
-            },
-        }
-        return self.custom.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
-
-    def ftj(self, name: str) -> dict:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
-
-    def patch_spec(self, name: str, **spec) -> None:
-        self.custom.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name, {"spec": spec})
-
-    def job(self, name: str) -> k8s.V1Job:
-        return self.batch.read_namespaced_job(f"{name}-train", NS)
-
-    def jobs_of(self, name: str) -> list[k8s.V1Job]:
-        return self.batch.list_namespaced_job(NS, label_selector=f"app.kubernetes.io/instance={name}").items
-
-    def pods_of(self, name: str) -> list[k8s.V1Pod]:
-        return self.core.list_namespaced_pod(NS, label_selector=f"app.kubernetes.io/instance={name}").items
-
-    def wait_status(self, name: str, check, what: str, timeout: float = 60) -> dict:
-        def probe():
-            status = self.ftj(name).get("status") or {}
-            return status if check(status) else None
-
-        return wait_for(probe, timeout, f"{name}: {what}",
-                        on_timeout=lambda: json.dumps(self.ftj(name).get("status"), indent=1) + "\n"
-                        + self.cluster.describe())
-
-    def wait_phase(self, name: str, *phases: str, timeout: float = 60) -> dict:
-        return self.wait_status(name, lambda s: s.get("phase") in phases, f"phase in {phases}", timeout)
-
-    def start_with_pod_annotations(self, name: str, annotations: dict[str, str], **spec) -> None:
-        """Create suspended, put KWOK's instructions on the Job's pod template, then unsuspend."""
-        self.apply(name, suspend=True, **spec)
-        self.wait_phase(name, "Suspended")
-        self.annotate_template(name, annotations)
-        self.patch_spec(name, suspend=False)
-
-    def annotate_template(self, name: str, annotations: dict[str, str]) -> None:
-        # Allowed while the Job is suspended and has never started.
-        self.batch.patch_namespaced_job(f"{name}-train", NS,
-                                        {"spec": {"template": {"metadata": {"annotations": annotations}}}})
-
-    def condition(self, status: dict, ctype: str) -> dict:
-        return next(c for c in status["conditions"] if c["type"] == ctype)
-
-    def event_reasons(self, name: str) -> list[str]:
-        events = self.core.list_namespaced_event(NS, field_selector=f"involvedObject.name={name}").items
-        return [e.reason for e in sorted(events, key=lambda e: e.metadata.creation_timestamp)]
+def api(e2e_cluster: ControlPlane) -> Api:
+    return Api(e2e_cluster, NS)
 
 
 def test_finetunejob_runs_on_a_gpu_node_and_succeeds(operator: OperatorProcess, api: Api, e2e_cluster: ControlPlane):
-    api.apply("happy")
+    uid = api.apply("happy")["metadata"]["uid"]
     cm = wait_for(lambda: api.core.read_namespaced_config_map("happy-train-config", NS), 30, "ConfigMap")
     config = json.loads(cm.data["config.json"])
-    assert config["storageUri"] == "s3://runs/e2e/ftj-e2e/happy"
+    assert config["storageUri"] == f"s3://runs/e2e/ftj-e2e/happy/{uid}"  # this incarnation's run
     assert SECRET_VALUE not in json.dumps(cm.data)
     job = wait_for(lambda: api.job("happy"), 30, "Job")
     assert job.metadata.owner_references[0].kind == "FineTuneJob"
@@ -135,7 +69,7 @@ def test_finetunejob_runs_on_a_gpu_node_and_succeeds(operator: OperatorProcess, 
     status = api.wait_phase("happy", "Succeeded")
     pods = api.pods_of("happy")
     assert len(pods) == 1 and pods[0].spec.node_name in e2e_cluster.nodes["gpu"]
-    assert status["artifacts"]["adapterUri"] == "s3://runs/e2e/ftj-e2e/happy/adapter"
+    assert status["artifacts"]["adapterUri"] == f"s3://runs/e2e/ftj-e2e/happy/{uid}/adapter"
     assert status["artifacts"]["evaluationReportUri"].endswith("/reports/evaluation.json")
     assert api.condition(status, "Ready")["status"] == "True"
     assert api.condition(status, "Stalled")["status"] == "False"
@@ -262,17 +196,23 @@ def test_two_nodes_make_an_indexed_job_with_rank_wiring(operator: OperatorProces
 def test_operator_restart_leaves_one_job_and_converges(operator: OperatorProcess, api: Api):
     api.start_with_pod_annotations("restart-run", {kwok.RUN_DURATION: "8s"})
     api.start_with_pod_annotations("restart-fail", {kwok.EXIT_CODE: "1", kwok.RUN_DURATION: "6s"}, backoffLimit=0)
+    api.start_with_pod_annotations("restart-jobless", RUN_FOREVER)
     api.wait_phase("restart-run", "Validating", "Running")
+    api.wait_phase("restart-jobless", "Validating", "Running")
     operator.stop()
     try:
         api.apply("restart-new")  # created while the operator is down
+        # Deleted by hand while the operator is down: no event will tell it; only its startup pass can.
+        api.batch.delete_namespaced_job("restart-jobless-train", NS, propagation_policy="Background")
         time.sleep(8)  # both trainer pods finish meanwhile
+        assert not api.jobs_of("restart-jobless") and not api.pods_of("restart-jobless")
     finally:
         operator.start()
     api.wait_phase("restart-run", "Succeeded")
     api.wait_phase("restart-fail", "Failed")
     api.wait_phase("restart-new", "Succeeded")
-    for name in ("restart-run", "restart-fail", "restart-new"):
+    api.wait_phase("restart-jobless", "Succeeded")  # a new Job (no KWOK annotations: done in 1 s)
+    for name in ("restart-run", "restart-fail", "restart-new", "restart-jobless"):
         assert len(api.jobs_of(name)) == 1
     # A second restart with nothing to do changes nothing.
     before = {n: api.ftj(n)["status"] for n in ("restart-run", "restart-fail")}
@@ -303,17 +243,28 @@ def test_operator_restart_mid_suspend_and_multi_node_converges(operator: Operato
         api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
 
 
-def test_a_stale_status_is_repaired_by_the_periodic_resync(operator: OperatorProcess, api: Api):
-    # Stands in for a lost Job event: nothing on the watch streams will trigger a reconcile.
-    api.start_with_pod_annotations("stale", RUN_FOREVER)
-    api.wait_phase("stale", "Validating", "Running")
-    api.custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "stale",
-                                                     {"status": {"phase": "Pending", "message": "stale"}})
-    status = api.wait_status("stale", lambda s: s.get("phase") == "Validating" and s.get("message") != "stale",
-                             "the resync to restore the phase", timeout=20)
-    assert api.condition(status, "Reconciling")["status"] == "True"
-    assert len(api.jobs_of("stale")) == 1
-    api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "stale")
+def test_a_stale_status_is_repaired_by_the_periodic_resync(operator: OperatorProcess, api: Api,
+                                                           e2e_cluster: ControlPlane):
+    # This operator resyncs every 3 s. The job is created after it started (so its startup pass is
+    # over), and the corrupted status stands in for a lost Job event: nothing on the watch streams
+    # triggers a reconcile, so only the resync can repair it.
+    operator.stop()
+    resyncing = OperatorProcess(e2e_cluster, env=operator_env(resync_seconds=3)).start()
+    try:
+        api.start_with_pod_annotations("stale", RUN_FOREVER)
+        api.wait_phase("stale", "Validating", "Running")
+        api.custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "stale",
+                                                         {"status": {"phase": "Pending", "message": "stale"}})
+        status = api.wait_status("stale", lambda s: s.get("phase") == "Validating" and s.get("message") != "stale",
+                                 "the resync to restore the phase", timeout=20)
+        assert api.condition(status, "Reconciling")["status"] == "True"
+        assert len(api.jobs_of("stale")) == 1
+        assert 'kubetune_reconciles_total{kind="FineTuneJob",trigger="resync"}' in resyncing.metrics()
+        api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "stale")
+    finally:
+        resyncing.stop()
+        e2e_cluster.processes["kubetune-operator"] = operator.process  # its log is the one to show on failure
+        operator.start()
 
 
 def test_relative_paths_fail_with_a_message(operator: OperatorProcess, api: Api):
@@ -340,7 +291,8 @@ def test_trainer_reports_progress_with_its_own_minimal_credentials(operator: Ope
 
     def columns() -> list[str] | None:
         out = e2e_cluster.kubectl("get", "ftj", "progress", "-n", NS, "--no-headers").stdout.split()
-        return out if out[1:5] == ["Running", "40", "1.234", "1.5"] else None
+        # NAME PHASE PROGRESS STEP LOSS EVAL ETA AGE
+        return out if out[1:7] == ["Running", "40", "40", "1.234", "1.5", "600"] else None
 
     wait_for(columns, 30, "kubectl get ftj to show Running, 40%, the losses")
     assert time.monotonic() - t0 < 30
@@ -363,4 +315,28 @@ def test_trainer_reports_progress_with_its_own_minimal_credentials(operator: Ope
     assert forbidden(lambda: core.read_namespaced_secret("s3-creds", NS))
     assert forbidden(lambda: core.list_namespaced_secret(NS))
     assert trainer.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "progress")["metadata"]["name"] == "progress"
+
+    # The trainer crashes and its last log line prints the credentials it got from the Secret; the
+    # kubelet copies it into the pod status (FallbackToLogsOnError), where the operator reads the
+    # last words it puts into status.message and Events. The value must not get any further.
+    pod = next(p for p in api.pods_of("progress") if p.status.phase == "Running")
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    last_words = (f"Traceback (most recent call last):\nbotocore.exceptions.ClientError: SignatureDoesNotMatch; "
+                  f"env {{'AWS_ACCESS_KEY_ID': 'e2e', 'AWS_SECRET_ACCESS_KEY': '{SECRET_VALUE}'}}")
+    api.core.patch_namespaced_pod_status(pod.metadata.name, NS, {"status": {
+        "phase": "Failed",
+        "containerStatuses": [{"name": "trainer", "image": "kubetune-trainer:e2e", "imageID": "", "ready": False,
+                               "restartCount": 0, "state": {"terminated": {
+                                   "exitCode": 1, "reason": "Error", "message": last_words,
+                                   "startedAt": now, "finishedAt": now}}}],
+    }})
+    status = api.wait_status("progress", lambda s: "SignatureDoesNotMatch" in (s.get("message") or ""),
+                             "the crash's last words in the message", timeout=30)
+    wait_for(lambda: any("SignatureDoesNotMatch" in (e.message or "") for e in api.core.list_namespaced_event(
+        NS, field_selector="involvedObject.name=progress").items), 20, "an Event with the last words")
+    events = [e.message or "" for e in api.core.list_namespaced_event(NS, field_selector="involvedObject.name=progress").items]
+    leaks = {"status": json.dumps(api.ftj("progress")), "events": json.dumps(events),
+             "operator log": operator.process.log_path.read_text()}
+    assert [where for where, text in leaks.items() if SECRET_VALUE in text] == []
+    assert "'AWS_SECRET_ACCESS_KEY': <redacted>" in status["message"]  # masked, the rest kept
     api.custom.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "progress")

@@ -56,7 +56,7 @@ def env_of(job: dict) -> dict[str, dict]:
 def test_trainer_config_resolves_storage_and_round_trips():
     spec = make_spec()
     config = build_trainer_config(OWNER, spec, SETTINGS)
-    assert config.storage_uri == "s3://runs/kubetune/team-a/support-bot"
+    assert config.storage_uri == f"s3://runs/kubetune/team-a/support-bot/{OWNER.uid}"
     assert config.storage_endpoint == "http://minio:9000"
     assert config.progress_reporter == "kubernetes"
     assert config.job_uid == OWNER.uid
@@ -71,7 +71,7 @@ def test_default_storage_from_operator_settings():
     settings = OperatorSettings(default_storage_uri="s3://platform/ft", default_storage_secret="platform-s3",
                                 default_storage_region="eu-west-1")
     config = build_trainer_config(OWNER, spec, settings)
-    assert config.storage_uri == "s3://platform/ft/team-a/support-bot"
+    assert config.storage_uri == f"s3://platform/ft/team-a/support-bot/{OWNER.uid}"
     assert config.storage_region == "eu-west-1"
     job = build_job(OWNER, spec, effective_storage(spec, settings), settings)
     assert env_of(job)["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "platform-s3"

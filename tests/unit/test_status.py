@@ -40,10 +40,10 @@ def pod(name: str, exit_code: int | None = None, phase: str = "Failed", finished
                        "containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]}}
 
 
-def derive(job_obj=None, pods=(), previous=None, s=None, generation=3, problems=()) -> FineTuneJobStatus:
+def derive(job_obj=None, pods=(), previous=None, s=None, generation=3, problems=(), blocked=None) -> FineTuneJobStatus:
     return derive_status(Observed(generation=generation, spec=s or spec(), job=job_obj, pods=list(pods),
                                   previous=previous or FineTuneJobStatus(), storage_uri=STORAGE, now=NOW,
-                                  problems=list(problems)))
+                                  problems=list(problems), **({"blocked": blocked} if blocked else {})))
 
 
 def conditions(status: FineTuneJobStatus) -> dict[str, str]:
@@ -160,10 +160,25 @@ def test_transition_times_move_only_on_change_and_patch_is_stable():
 def test_status_patch_names_only_operator_fields():
     st = derive(job(active=1, ready=1), previous=FineTuneJobStatus(progress=Progress(step=1)))
     body = status_patch(st)["status"]
-    assert set(body) == {"phase", "observedGeneration", "conditions", "message", "attempts", "artifacts",
-                         "startTime", "completionTime"}
+    assert set(body) == {"phase", "observedGeneration", "conditions", "message", "attempts", "attemptStartTime",
+                         "artifacts", "startTime", "completionTime"}
     assert "progress" not in body  # the trainer's field is never overwritten
     assert body["artifacts"] is None  # null clears in a merge patch
+
+
+def created(p: dict, at: str) -> dict:
+    p["metadata"]["creationTimestamp"] = at
+    return p
+
+
+def test_an_evicted_pod_that_is_gone_still_counts_as_an_attempt():
+    first = derive(job(active=1, ready=1), [created(pod("a", None, phase="Running"), "2026-01-02T03:00:00Z")])
+    assert first.attempts == 1
+    # The evicted pod was deleted; its replacement is the only pod left.
+    replacement = [created(pod("b", None, phase="Running"), "2026-01-02T03:04:00Z")]
+    second = derive(job(active=1, ready=1), replacement, previous=first)
+    assert second.attempts == 2 and second.attempt_start_time == datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)
+    assert derive(job(active=1, ready=1), replacement, previous=second).attempts == 2  # seen again: not a new one
 
 
 def test_indexed_attempts_count_rank_zero_pods():
@@ -171,3 +186,111 @@ def test_indexed_attempts_count_rank_zero_pods():
             pod("d", None, phase="Running", index="1")]
     st = derive(job(active=2, ready=2), pods, s=spec(resources={"nodes": 2, "gpusPerNode": 1}))
     assert st.attempts == 2
+
+
+def waiting_pod(name: str = "bot-train-a", reason: str | None = None, message: str = "",
+                unschedulable: str | None = None, image: str = "registry.example/trainer:1") -> dict:
+    """A Pending trainer pod: unschedulable (the scheduler's message) or a container waiting with `reason`."""
+    conditions = ([{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}]
+                  if unschedulable else [{"type": "PodScheduled", "status": "True"}])
+    statuses = ([{"name": "trainer", "image": image, "state": {"waiting": {"reason": reason, "message": message}}}]
+                if reason else [])
+    return {"metadata": {"name": name, "namespace": "team-a"},
+            "status": {"phase": "Pending", "conditions": conditions, "containerStatuses": statuses}}
+
+
+def stalled(status: FineTuneJobStatus) -> tuple[str, str]:
+    cond = next(c for c in status.conditions if c.type == "Stalled")
+    return cond.status, cond.reason
+
+
+SCHEDULER_MESSAGE = ("0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, "
+                     "2 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available")
+
+
+def test_unschedulable_pod_is_pending_stalled_with_the_schedulers_message():
+    st = derive(job(active=1, ready=0), [waiting_pod(unschedulable=SCHEDULER_MESSAGE)])
+    assert st.phase == "Pending"
+    assert stalled(st) == ("True", "Unschedulable")
+    assert conditions(st)["Reconciling"] == "True"  # it is scheduled by itself once a node fits
+    assert SCHEDULER_MESSAGE in st.message
+    assert "spec.resources" in st.message and "recreate the FineTuneJob" in st.message
+
+
+def test_missing_secret_or_key_is_secret_not_found():
+    for kubelet in ('secret "s3-creds" not found',
+                    "couldn't find key AWS_SECRET_ACCESS_KEY in Secret team-a/s3-creds"):
+        st = derive(job(active=1, ready=0), [waiting_pod(reason="CreateContainerConfigError", message=kubelet)])
+        assert st.phase == "Pending"
+        assert stalled(st) == ("True", "SecretNotFound")
+        assert kubelet in st.message
+        assert "spec.storage.credentialsSecret" in st.message and "namespace team-a" in st.message
+
+
+def test_other_config_errors_keep_the_kubelets_reason():
+    st = derive(job(active=1, ready=0), [waiting_pod(reason="CreateContainerConfigError",
+                                                     message='configmap "bot-train-config" not found')])
+    assert stalled(st) == ("True", "CreateContainerConfigError")
+    assert 'configmap "bot-train-config" not found' in st.message
+
+
+def test_image_pull_errors_are_one_reason_with_the_kubelets_detail():
+    for kubelet_reason in ("ErrImagePull", "ImagePullBackOff"):
+        st = derive(job(active=1, ready=0), [waiting_pod(reason=kubelet_reason, image="registry.invalid/t:1",
+                                                         message='failed to resolve "registry.invalid/t:1"')])
+        assert st.phase == "Pending"
+        assert stalled(st) == ("True", "ImagePullBackOff")
+        assert f"cannot pull image registry.invalid/t:1: {kubelet_reason}: failed to resolve" in st.message
+        assert "spec.images.trainer" in st.message
+    st = derive(job(active=1, ready=0), [waiting_pod(reason="InvalidImageName", image="Bad Image")])
+    assert stalled(st) == ("True", "InvalidImageName")
+
+
+def test_a_blocked_rank_wins_over_a_ready_one_and_clears_by_itself():
+    ready = {"metadata": {"name": "bot-train-0"}, "status": {"phase": "Running", "conditions": []}}
+    blocked = waiting_pod("bot-train-1", unschedulable=SCHEDULER_MESSAGE)
+    st = derive(job(active=2, ready=1), [ready, blocked], s=spec(resources={"nodes": 2, "gpusPerNode": 1}))
+    assert (st.phase, stalled(st)) == ("Pending", ("True", "Unschedulable"))
+    assert "pod bot-train-1 cannot be scheduled" in st.message
+    # Scheduled and started: the Stalled condition goes back to False by itself.
+    later = derive(job(active=2, ready=2), [ready, {**blocked, "status": {"phase": "Running"}}],
+                   s=spec(resources={"nodes": 2, "gpusPerNode": 1}), previous=st)
+    assert later.phase == "Validating"
+    assert stalled(later) == ("False", "Validating")
+
+
+def test_failed_or_deleted_pods_are_not_blockers():
+    gone = waiting_pod(reason="ImagePullBackOff")
+    gone["metadata"]["deletionTimestamp"] = "2026-01-02T03:00:00Z"
+    assert derive(job(active=1, ready=0), [gone]).message == "waiting for trainer pods to be scheduled and start"
+    done = waiting_pod(unschedulable=SCHEDULER_MESSAGE)
+    done["status"]["phase"] = "Failed"
+    assert stalled(derive(job(active=1, ready=0), [done])) == ("False", "PodsStarting")
+
+
+def test_a_job_the_operator_could_not_create_says_why():
+    from kubetune.finetunejob.status import Blocker
+
+    waiting = derive(None, blocked=Blocker("PreviousPodsTerminating", "waiting for 1 pod of the previous Job to go"))
+    assert (waiting.phase, stalled(waiting)) == ("Pending", ("False", "PreviousPodsTerminating"))
+    conflict = derive(None, blocked=Blocker("NameConflict", "Job bot-train exists and is not this FineTuneJob's"))
+    assert (conflict.phase, stalled(conflict)) == ("Pending", ("True", "NameConflict"))
+    assert conflict.message.startswith("Job bot-train exists")
+
+
+def test_last_words_with_credentials_are_masked_in_status():
+    words = ('botocore.exceptions.ClientError: signature mismatch; env {"AWS_SECRET_ACCESS_KEY": "wJalr/K7+xyz", '
+             '"HF_TOKEN": "hf_abcdefghijklmnopqrstu"} url=https://bob:pa55w0rd@s3.example/x')
+    failed = job(conditions=[{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+    st = derive(failed, [pod("bot-train-a", 1, message=words)])
+    for value in ("wJalr/K7+xyz", "hf_abcdefghijklmnopqrstu", "pa55w0rd"):
+        assert value not in st.message
+    assert '"AWS_SECRET_ACCESS_KEY": <redacted>' in st.message and "https://bob:<redacted>@s3.example/x" in st.message
+    assert "signature mismatch" in st.message  # the useful part stays
+
+
+def test_paths_that_mention_a_secret_are_not_masked():
+    from kubetune.finetunejob.status import redact_credentials
+
+    line = "bad data: s3://data/secret-9f3e2a.jsonl: no such key; aws_secret_access_key = abc123"
+    assert redact_credentials(line) == "bad data: s3://data/secret-9f3e2a.jsonl: no such key; aws_secret_access_key = <redacted>"

@@ -122,6 +122,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _trainer_run(args: argparse.Namespace) -> int:
+    from .last_words import redact_output
+
+    redact_output()  # before logging binds to stderr: the pod log never shows the credentials
     _logging()
     from .launch import TopologyError, launch_command
 
@@ -189,12 +192,24 @@ def _execute(cfg: TrainerConfig, base_dir: Path, work_dir: Path, local: bool) ->
     try:
         reporter = make_reporter(cfg.progress_reporter, cfg.job_name, cfg.namespace)
         result = run(cfg, base_dir, work_dir, reporter)
-    except Exception:
+    except Exception as err:
         logging.getLogger("kubetune").exception("training failed")
+        if not local:
+            _last_words(f"training failed: {type(err).__name__}: {err}")
         return EXIT_FAILED
     if result.exit_code == EXIT_OK:
         print(summary(result, time.monotonic() - started))
+    elif not local and result.message:
+        _last_words(result.message)
     return result.exit_code
+
+
+def _last_words(message: str) -> None:
+    """The pod's termination message (redacted), ending with the line the operator quotes in status."""
+    from .last_words import Redactor, termination_message, write_termination_message
+
+    lines = message.strip().splitlines() or [""]
+    write_termination_message(termination_message("\n".join(lines[:-1]), lines[-1], Redactor.from_env()))
 
 
 def summary(result, seconds: float) -> str:

@@ -50,13 +50,28 @@ RESUME_STATE = "kubetune-state.json"  # inside each checkpoint: best eval, patie
 
 
 class BadInput(Exception):
-    """Bad data or configuration: retrying cannot help (exit code 65)."""
+    """Bad data or configuration: retrying cannot help (exit code 65).
+
+    `headline`, when the text's last line is not the one a user should read first (the pod's
+    termination message ends with it and the operator quotes that line in status).
+    """
+
+    def __init__(self, text: str, headline: str | None = None):
+        super().__init__(text)
+        self.headline = headline
+
+
+def data_headline(report: data_mod.DataReport) -> str:
+    """The first defect with its file and line: what a user fixes first."""
+    more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+    return f"bad data: {report.errors[0]}{more}"
 
 
 @dataclass
 class RunResult:
     exit_code: int
     storage: Storage
+    message: str = ""  # why it stopped, for the pod's termination message (last line first to read)
     artifacts: dict[str, str] = field(default_factory=dict)
     evaluation: dict[str, Any] | None = None
     data_report: dict[str, Any] | None = None
@@ -246,7 +261,7 @@ class _Run:
                                         ds.validation_split, ds.seed, sources=sources)
         if not report.ok:
             self.save_data_report(report)
-            raise BadInput(report.format_text())
+            raise BadInput(report.format_text(), data_headline(report))
         try:
             model_dir = model_directory(resolve(self.spec.base_model.uri))
         except FileNotFoundError as err:
@@ -258,7 +273,7 @@ class _Run:
         report.token_lengths = stats
         self.save_data_report(report)
         if not report.ok:
-            raise BadInput(report.format_text())
+            raise BadInput(report.format_text(), data_headline(report))
         return report, tokenizer, model_dir
 
     def base_scores(self, model: Any, tokenizer: Any, eval_set: list[data_mod.Example], budget: Budget) -> Any:
@@ -306,6 +321,7 @@ def run(cfg: TrainerConfig, base_dir: Path, work_dir: Path, reporter: ProgressRe
         log.error("%s", err)
         print(f"\nbad input, nothing trained:\n{err}", flush=True)
         result.exit_code = EXIT_BAD_INPUT
+        result.message = f"{err}\n{err.headline}" if err.headline else str(err)
     finally:
         r.uploader.close()
         reporter.close()
@@ -387,12 +403,15 @@ def _train_and_evaluate(r: _Run, report: data_mod.DataReport, tokenizer: Any, mo
     )
     # Eval rows are unpacked; they need the padding collator whatever the training setting.
     trainer.remove_callback(PrinterCallback)  # progress goes through our reporter, not raw dicts on stdout
+    if args.world_size > 1:  # one line per worker: proof in the pod log that the ranks formed one group
+        print(f"distributed: process {args.process_index} of {args.world_size} ({torch.distributed.get_backend()})", flush=True)
     trainer.get_eval_dataloader = _eval_loader(trainer, eval_rows, PaddedCollator(tokenizer.pad_token_id), hp.batch_size)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     result.steps = trainer.state.global_step
     r.uploader.wait()
     if r.preempted:
-        print(f"preempted: complete checkpoint at step {trainer.state.global_step} in {r.storage.uri('checkpoints')}", flush=True)
+        result.message = f"preempted: complete checkpoint at step {trainer.state.global_step} in {r.storage.uri('checkpoints')}"
+        print(result.message, flush=True)
         result.exit_code = EXIT_PREEMPTED
         return
     if not trainer.is_world_process_zero():

@@ -69,7 +69,7 @@ def _structural(node: Any, defs: dict[str, Any], factory: dict[str, dict[str, An
         merged = {**copy.deepcopy(defs[name]), **{k: v for k, v in node.items() if k != "$ref"}}
         merged["x-kubetune-model"] = name
         return _structural(merged, defs, factory, with_defaults)
-    if "anyOf" in node:
+    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):  # int-or-string keeps its anyOf
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
         if len(options) != 1:
             raise ValueError(f"cannot express union {node['anyOf']} structurally")

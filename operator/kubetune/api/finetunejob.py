@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from .common import QUANTITY_PATTERN, Condition, KubeModel, PlacementSpec, SecretRef
+from .common import (
+    DNS_SUBDOMAIN_PATTERN,
+    IMAGE_PATTERN,
+    Condition,
+    KubeModel,
+    PlacementSpec,
+    Quantity,
+    SecretRef,
+)
+
+# A Kueue LocalQueue name that is also a valid label value (the Job carries it as a label).
+QUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 
 # Model and data locations. Relative paths are resolved against the manifest's
 # directory by `kubetune train`; on a cluster the operator rejects them.
@@ -148,8 +161,10 @@ class ResourcesSpec(PlacementSpec):
 
     gpus_per_node: int = Field(1, ge=0, le=16, description="GPUs per trainer pod (one pod per node).")
     nodes: int = Field(1, ge=1, le=64, description="Trainer pods; more than one runs torch distributed over an Indexed Job.")
-    shm_size: str = Field("8Gi", pattern=QUANTITY_PATTERN, description="Size of the in-memory /dev/shm (used by data loaders and NCCL).")
-    priority_class_name: str | None = Field(None, max_length=253, description="PriorityClass of the pods.")
+    shm_size: Quantity = Field("8Gi", description="Size of the in-memory /dev/shm (used by data loaders and NCCL).")
+    priority_class_name: str | None = Field(
+        None, pattern=DNS_SUBDOMAIN_PATTERN, max_length=253, description="PriorityClass of the pods."
+    )
 
     @model_validator(mode="after")
     def _multi_node_needs_gpus(self) -> "ResourcesSpec":
@@ -173,7 +188,7 @@ class StorageSpec(KubeModel):
 
     uri: str = Field(
         ..., max_length=2048,
-        description="s3://bucket/prefix; the job writes checkpoints/, adapter/ and reports/ under <prefix>/<namespace>/<name>/. (Local runs also accept a directory.)",
+        description="s3://bucket/prefix; the job writes checkpoints/, adapter/ and reports/ under <prefix>/<namespace>/<name>/<uid>/ (kubetune train: <prefix>/<namespace>/<name>/). (Local runs also accept a directory.)",
     )
     endpoint: str | None = Field(None, pattern=r"^https?://.+", max_length=2048, description="S3 endpoint URL for non-AWS stores (MinIO, Ceph, ...).")
     region: str | None = Field(None, max_length=64, description="S3 region.")
@@ -194,7 +209,9 @@ class OutputSpec(KubeModel):
 class ImagesSpec(KubeModel):
     """Image overrides."""
 
-    trainer: str | None = Field(None, max_length=512, description="Trainer image; defaults to the operator's configured image.")
+    trainer: str | None = Field(
+        None, pattern=IMAGE_PATTERN, max_length=512, description="Trainer image; defaults to the operator's configured image."
+    )
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="Image pull policy.")
 
 
@@ -228,9 +245,21 @@ class FineTuneJobSpec(KubeModel):
     output: OutputSpec = Field(default_factory=OutputSpec, description="Extra outputs.")
     images: ImagesSpec = Field(default_factory=ImagesSpec, description="Image overrides.")
     suspend: bool = Field(False, description="Stop the trainer pods, keep checkpoints; unsuspend to continue.")
-    queue_name: str | None = Field(None, max_length=253, description="Kueue LocalQueue to submit to (kueue.x-k8s.io/queue-name).")
+    queue_name: str | None = Field(
+        None, pattern=QUEUE_NAME_PATTERN, max_length=63,
+        description="Kueue LocalQueue to submit to; the Job's label kueue.x-k8s.io/queue-name, so at most 63 characters.",
+    )
     backoff_limit: int = Field(3, ge=0, le=100, description="Failed attempts (not counting preemptions) before the job fails.")
     active_deadline_seconds: int | None = Field(None, ge=1, description="Wall-clock limit for the whole job.")
+    resume_from_run: str | None = Field(
+        None, pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        description=(
+            "Continue an earlier run of a FineTuneJob with this namespace and name: its metadata.uid, the last "
+            "segment of its run root <storage.uri>/<namespace>/<name>/<uid>. Its checkpoints, base-model scores "
+            "and metrics are reused. Without it a FineTuneJob always starts a fresh run, also when it is "
+            "recreated with the name of a deleted one."
+        ),
+    )
 
     @model_validator(mode="after")
     def _quantization_only_with_qlora(self) -> "FineTuneJobSpec":
@@ -320,8 +349,24 @@ class FineTuneJobStatus(KubeModel):
     dataset: DatasetSummary | None = Field(None, description="Data validation summary.")
     last_checkpoint: CheckpointRef | None = Field(None, description="Newest complete checkpoint.")
     attempts: int | None = Field(None, description="Trainer attempts so far (preemptions included).")
+    attempt_start_time: datetime | None = Field(
+        None, description="When the newest attempt's trainer pod (rank 0) was created; attempts are counted from it.")
     artifacts: Artifacts | None = Field(None, description="Output locations.")
     evaluation: EvaluationSummary | None = Field(None, description="Base vs tuned summary.")
     start_time: datetime | None = Field(None, description="When training first started.")
     completion_time: datetime | None = Field(None, description="When the job finished.")
     message: str | None = Field(None, description="What is happening, or what to fix.")
+
+
+# Spec fields applied to a trainer Job that already exists; any other change needs a new Job.
+APPLIED_TO_EXISTING_JOB = frozenset({"suspend"})
+# On the trainer Job: the digest of the spec it was built from (see spec_digest).
+SPEC_DIGEST_ANNOTATION = "kubetune.io/spec-digest"
+
+
+def spec_digest(spec: FineTuneJobSpec) -> str:
+    """A digest of what a trainer Job is built from: the spec without the fields applied to an
+    existing Job. Defaults are left out, so a field added to the API later (with its default)
+    does not make every running job look changed."""
+    wire = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude=set(APPLIED_TO_EXISTING_JOB))
+    return hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()[:16]

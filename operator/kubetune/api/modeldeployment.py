@@ -17,10 +17,11 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from .common import (
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
-    QUANTITY_PATTERN,
+    IMAGE_PATTERN,
     Condition,
     KubeModel,
     PlacementSpec,
+    Quantity,
     SecretRef,
 )
 from .finetunejob import URI_PATTERN
@@ -100,10 +101,10 @@ class ServingSpec(PlacementSpec):
         }
     )
 
-    image: str = Field("vllm/vllm-openai:v0.11.0", max_length=512, description="vLLM server image.")
+    image: str = Field("vllm/vllm-openai:v0.11.0", pattern=IMAGE_PATTERN, max_length=512, description="vLLM server image.")
     replicas: int = Field(1, ge=1, le=1000, description="Serving replicas of the stable revision.")
     gpus: int = Field(1, ge=0, le=16, description="GPUs per replica.")
-    shm_size: str = Field("8Gi", pattern=QUANTITY_PATTERN, description="Size of the in-memory /dev/shm (tensor-parallel workers use it).")
+    shm_size: Quantity = Field("8Gi", description="Size of the in-memory /dev/shm (tensor-parallel workers use it).")
     served_model_name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$", max_length=253,
         description="Name clients use in the OpenAI API; defaults to the resource name.",
@@ -123,7 +124,8 @@ class ServingSpec(PlacementSpec):
         45, ge=0, le=3600, description="Seconds vLLM drains in-flight requests on shutdown (--shutdown-timeout)."
     )
     puller_image: str | None = Field(
-        None, max_length=512, description="Image of the init container that pulls weights from S3; defaults to the trainer image."
+        None, pattern=IMAGE_PATTERN, max_length=512,
+        description="Image of the init container that pulls weights from S3; defaults to the trainer image."
     )
 
     @model_validator(mode="after")

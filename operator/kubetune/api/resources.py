@@ -51,9 +51,12 @@ FINETUNEJOB = ResourceDef(
     printer_columns=(
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Progress", "type": "integer", "jsonPath": ".status.progress.percent", "description": "Percent of steps done"},
+        {"name": "Step", "type": "integer", "jsonPath": ".status.progress.step", "description": "Optimizer steps done"},
         {"name": "Loss", "type": "number", "jsonPath": ".status.progress.trainLoss"},
         {"name": "Eval", "type": "number", "jsonPath": ".status.progress.evalLoss"},
+        {"name": "ETA", "type": "integer", "jsonPath": ".status.progress.etaSeconds", "description": "Estimated seconds left"},
         AGE,
+        {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     ),
 )
 

@@ -23,10 +23,11 @@ EXIT_PREEMPTED = 75      # EX_TEMPFAIL: SIGTERM handled, complete checkpoint sav
 
 
 def run_root(storage_uri: str, namespace: str, name: str) -> str:
-    """Where one job's checkpoints and artifacts live: <storage.uri>/<namespace>/<name>.
+    """The prefix of one job's runs: <storage.uri>/<namespace>/<name>.
 
-    The same on a cluster and in `kubetune train`, so a job started on a laptop
-    and continued on a cluster (or the other way) finds its checkpoints.
+    `kubetune train` uses it as the run root itself (rerunning the same manifest resumes);
+    the operator adds the FineTuneJob's uid below it, so each incarnation is its own run
+    (builders.trainer.config.run_storage_uri).
     """
     return f"{storage_uri.rstrip('/')}/{namespace}/{name}"
 
@@ -37,7 +38,7 @@ class TrainerConfig(KubeModel):
     job_name: str = Field(..., description="FineTuneJob name (also the run name).")
     namespace: str = Field("default", description="FineTuneJob namespace.")
     job_uid: str | None = Field(None, description="FineTuneJob UID; guards progress reports against a recreated job.")
-    storage_uri: str = Field(..., description="Resolved root for this run: s3://bucket/prefix/<ns>/<name> or a local directory.")
+    storage_uri: str = Field(..., description="Resolved root for this run: s3://bucket/prefix/<ns>/<name>/<run uid> on a cluster, <prefix>/<ns>/<name> or a local directory with kubetune train.")
     storage_endpoint: str | None = Field(None, description="S3 endpoint URL, if not AWS.")
     storage_region: str | None = Field(None, description="S3 region.")
     progress_reporter: str = Field("console", description="console (local runs) or kubernetes (patch own status).")

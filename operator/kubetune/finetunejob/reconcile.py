@@ -12,7 +12,9 @@ from datetime import datetime, timezone
 
 from pydantic import ValidationError
 
-from kubetune.api import API_VERSION, FineTuneJobSpec, FineTuneJobStatus
+from kubetune.api import API_VERSION, Condition, FineTuneJobSpec, FineTuneJobStatus
+from kubetune.api.finetunejob import SPEC_DIGEST_ANNOTATION, spec_digest
+from kubetune.api.resources import FINETUNEJOB
 from kubetune.builders.common import Owner
 from kubetune.builders.trainer import (
     build_configmap,
@@ -25,8 +27,9 @@ from kubetune.builders.trainer import (
     run_storage_uri,
 )
 from kubetune.context import Context
+from kubetune.k8s import Rejected
 from kubetune.metrics import PHASE_BOOK
-from kubetune.finetunejob.status import TERMINAL, Observed, derive_status, status_patch
+from kubetune.finetunejob.status import TERMINAL, Blocker, Observed, derive_status, status_patch
 
 
 def job_summary(job: dict) -> tuple:
@@ -46,60 +49,155 @@ def _desired_suspend(spec: FineTuneJobSpec) -> bool | None:
 
 def _job_finished(job: dict) -> bool:
     conditions = (job.get("status") or {}).get("conditions") or []
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions)
+    return any(c.get("type") in ("Complete", "Failed", "FailureTarget") and c.get("status") == "True" for c in conditions)
 
 
-def _ensure_children(ctx: Context, owner: Owner, spec: FineTuneJobSpec) -> dict:
-    """Create whatever is missing, the Job last: a Job implies its config, Service and RBAC exist."""
-    for obj in build_trainer_rbac(owner):
-        ctx.kube.create_if_absent(obj)
-    ctx.kube.create_if_absent(build_configmap(owner, build_trainer_config(owner, spec, ctx.settings)))
+def not_ours(obj: dict, owner: Owner) -> Blocker | None:
+    """Why a child with the expected name must not be used: another FineTuneJob incarnation's, or foreign."""
+    ref = next((r for r in obj["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+    if ref is not None and ref.get("uid") == owner.uid:
+        return None
+    what = f"{obj['kind']} {obj['metadata']['name']}"
+    if ref is not None and ref.get("kind") == FINETUNEJOB.kind and ref.get("name") == owner.name:
+        return Blocker("PreviousRunTerminating", f"waiting for {what} of the deleted FineTuneJob {owner.name} "
+                       f"(uid {ref.get('uid')}) to be garbage-collected before creating this run's")
+    return Blocker("NameConflict", f"{what} already exists and was not created for this FineTuneJob; the operator "
+                   "does not adopt it: delete or rename it (or rename the FineTuneJob)")
+
+
+def _live_pods_of_previous_job(ctx: Context, owner: Owner) -> Blocker | None:
+    """A replacement Job starts only once the old one's pods stopped: two trainers must never share a run."""
+    pods = ctx.kube.list("v1", "Pod", owner.namespace, f"batch.kubernetes.io/job-name={owner.job_name}")
+    live = sorted(p["metadata"]["name"] for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+    if not live:
+        return None
+    return Blocker("PreviousPodsTerminating", f"waiting for pod(s) {', '.join(live)} of the previous trainer Job "
+                   f"{owner.job_name} to stop before creating a new one")
+
+
+def _ensure_children(ctx: Context, owner: Owner, spec: FineTuneJobSpec) -> tuple[dict | None, Blocker | None]:
+    """Create whatever is missing, the Job last: a Job implies its config, Service and RBAC exist.
+    Returns the Job, or why it was not created (a child of someone else holds a name, old pods still run)."""
+    children = [*build_trainer_rbac(owner), build_configmap(owner, build_trainer_config(owner, spec, ctx.settings))]
     if spec.resources.nodes > 1:
-        ctx.kube.create_if_absent(build_headless_service(owner, ctx.settings))
-    job, _ = ctx.kube.create_if_absent(build_job(owner, spec, effective_storage(spec, ctx.settings), ctx.settings))
+        children.append(build_headless_service(owner, ctx.settings))
+    for obj in children:
+        stored, _ = ctx.kube.create_if_absent(obj)
+        if (blocker := not_ours(stored, owner)) is not None:
+            return None, blocker
+    if (blocker := _live_pods_of_previous_job(ctx, owner)) is not None:
+        return None, blocker
+    job, _ = ctx.kube.create_if_absent(_with_spec_digest(
+        build_job(owner, spec, effective_storage(spec, ctx.settings), ctx.settings), spec))
+    blocker = not_ours(job, owner)
+    return (None, blocker) if blocker else (job, None)
+
+
+def _with_spec_digest(job: dict, spec: FineTuneJobSpec) -> dict:
+    """The Job, annotated with what it was built from: later spec edits are compared with it."""
+    job["metadata"].setdefault("annotations", {})[SPEC_DIGEST_ANNOTATION] = spec_digest(spec)
     return job
 
 
-def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None = None, fresh: bool = False) -> None:
-    """Converge one FineTuneJob. `job`: its trainer Job when the caller already has it;
-    `fresh`: kopf's create handler, so unless a status shows it was handled before, its
-    children are created straight away without looking the Job up first."""
+def _acted_generation(job: dict | None, spec: FineTuneJobSpec, previous: FineTuneJobStatus, generation: int,
+                      problems: list[str]) -> int:
+    """The generation the status may call acted on (observedGeneration): this one, unless the Job
+    runs an earlier spec (a Job's pod template is immutable; only spec.suspend is applied to it) or
+    the job had finished before the edit. A Job without the digest predates it: taken as current."""
+    if job is not None:
+        built_from = (job["metadata"].get("annotations") or {}).get(SPEC_DIGEST_ANNOTATION)
+        if built_from is None or built_from == spec_digest(spec):
+            return generation
+        return previous.observed_generation or generation
+    if previous.phase in TERMINAL and not problems:
+        return previous.observed_generation or generation
+    return generation
+
+
+def _spec_applied_condition(acted: int, generation: int, previous: FineTuneJobStatus, now: datetime) -> Condition:
+    before = next((c for c in previous.conditions if c.type == "SpecApplied" and c.status == "False"), None)
+    return Condition(
+        type="SpecApplied", status="False", reason="SpecChangeIgnored", observed_generation=generation,
+        message=(f"generation {generation} is not applied: the trainer Job runs (or ran) generation {acted}'s spec, "
+                 "and only spec.suspend is applied after it was created; revert the change, or delete and "
+                 "recreate the FineTuneJob to apply it"),
+        last_transition_time=before.last_transition_time if before else now,
+    )
+
+
+def _failed_for_spec(previous: FineTuneJobStatus) -> bool:
+    """Failed before any trainer Job ran because of its spec (schema-valid but unusable, or refused
+    by the apiserver): a corrected spec (a new generation) is worth another try."""
+    return previous.phase == "Failed" and _stalled_reason(previous) == "InvalidSpec"
+
+
+def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None = None,
+              fresh: bool = False) -> FineTuneJobStatus | None:
+    """Converge one FineTuneJob and return the status it published (None: being deleted).
+    `job`: its trainer Job when the caller already has it; `fresh`: kopf's create handler, so
+    unless a status shows it was handled before, its children are created straight away
+    without looking the Job up first. A child creation the apiserver forbids (403) is raised
+    again after the status says so, for the caller to retry with backoff."""
     meta = ftj["metadata"]
     if meta.get("deletionTimestamp"):
-        return  # being garbage-collected (children go first in foreground deletion): never recreate
+        return None  # being garbage-collected (children go first in foreground deletion): never recreate
     ctx.last_reconciled[f"{meta['namespace']}/{meta['name']}"] = time.monotonic()
     owner = Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
     try:
         previous = FineTuneJobStatus.model_validate(ftj.get("status") or {})
     except ValidationError:
         previous = FineTuneJobStatus()  # unreadable status: rebuild it from the cluster
+    generation = meta.get("generation") or 1
+    if _failed_for_spec(previous) and previous.observed_generation != generation:
+        previous = previous.model_copy(update={"phase": None, "completion_time": None})  # fixed in place: retry
     spec = FineTuneJobSpec.model_validate(ftj["spec"])  # the CRD schema already enforced it
     problems = cluster_spec_problems(spec, ctx.settings)
-    pods, storage_uri = [], None
+    pods, storage_uri, blocked, refused = [], None, None, None
     if problems:
         job = None
     else:
-        storage_uri = run_storage_uri(effective_storage(spec, ctx.settings), owner)
+        storage_uri = run_storage_uri(effective_storage(spec, ctx.settings), owner, spec.resume_from_run)
         if job is None and not (fresh and previous.phase is None):
             job = ctx.kube.get("batch/v1", "Job", owner.namespace, owner.job_name)
-        if job is None and previous.phase not in TERMINAL:
-            job = _ensure_children(ctx, owner, spec)
-            logger.info("created trainer Job %s", owner.job_name)
+        if job is not None and (blocked := not_ours(job, owner)) is not None:
+            job = None  # only the Job the operator created for this FineTuneJob drives its status
+        elif job is None and previous.phase not in TERMINAL:
+            try:
+                job, blocked = _ensure_children(ctx, owner, spec)
+            except Rejected as err:
+                refused = err
+                logger.warning("%s", err)
+                if err.invalid:  # the same spec builds the same object: Failed until the spec changes
+                    problems = [f"{err}; fix the spec (the next generation is tried again)"]
+                else:  # RBAC, a quota or a policy: may be lifted without a spec change
+                    blocked = Blocker(err.reason_word, f"{err}; retried with backoff until it is allowed")
+            if job is not None:
+                logger.info("created trainer Job %s", owner.job_name)
         if job is not None:
             want = _desired_suspend(spec)
             if want is not None and bool(job["spec"].get("suspend")) != want and not _job_finished(job):
                 job = ctx.kube.merge_patch("batch/v1", "Job", owner.namespace, owner.job_name,
                                            {"spec": {"suspend": want}}) or job
             counts = job.get("status") or {}
-            if any(counts.get(k) for k in ("active", "failed", "succeeded", "terminating")):  # else no pods yet
+            uncounted = counts.get("uncountedTerminatedPods") or {}  # ended, not yet in failed/succeeded
+            # A FailJob rule can mark the Job failed before its counters move: the pods still hold the last words.
+            if (any(counts.get(k) for k in ("active", "failed", "succeeded", "terminating")) or any(uncounted.values())
+                    or _job_finished(job)):
                 pods = ctx.kube.list("v1", "Pod", owner.namespace,
                                      f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}")
             ctx.handled_jobs[job["metadata"]["uid"]] = job_summary(job)
+    now = datetime.now(timezone.utc)
+    acted = _acted_generation(job, spec, previous, generation, problems)
     status = derive_status(Observed(
-        generation=meta.get("generation") or 1, spec=spec, job=job, pods=pods, previous=previous,
-        storage_uri=storage_uri, now=datetime.now(timezone.utc), problems=problems,
+        generation=acted, spec=spec, job=job, pods=pods, previous=previous,
+        storage_uri=storage_uri, now=now, problems=problems, blocked=blocked,
     ))
+    if acted != generation:  # kstatus/Flux see observedGeneration < generation; this says why
+        status.conditions.append(_spec_applied_condition(acted, generation, previous, now))
     publish(ctx, ftj, previous, status)
+    if refused is not None and not refused.invalid:
+        raise refused
+    return status
 
 
 def publish(ctx: Context, ftj: dict, previous: FineTuneJobStatus, status: FineTuneJobStatus) -> None:
@@ -114,3 +212,11 @@ def publish(ctx: Context, ftj: dict, previous: FineTuneJobStatus, status: FineTu
         kind = "Warning" if status.phase == "Failed" else "Normal"
         ctx.kube.post_event(ftj, kind, status.phase, status.message or "")
         PHASE_BOOK.record(f"{meta['namespace']}/{meta['name']}", status.phase)
+    stalled = _stalled_reason(status)
+    if stalled is not None and status.phase != "Failed" and stalled != _stalled_reason(previous):
+        # Waiting for a fix (Unschedulable, SecretNotFound, ...): the phase stays Pending, the Event says why.
+        ctx.kube.post_event(ftj, "Warning", stalled, status.message or "")
+
+
+def _stalled_reason(status: FineTuneJobStatus) -> str | None:
+    return next((c.reason for c in status.conditions if c.type == "Stalled" and c.status == "True"), None)

@@ -7,6 +7,7 @@ times; the trainer owns progress, dataset, lastCheckpoint and evaluation
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,10 +18,45 @@ from kubetune.conditions import kstatus_conditions
 from kubetune.builders.trainer.job import COMPLETION_INDEX_ANNOTATION, CONTAINER
 
 OPERATOR_FIELDS = frozenset(
-    {"phase", "observed_generation", "conditions", "message", "attempts", "artifacts", "start_time", "completion_time"}
+    {"phase", "observed_generation", "conditions", "message", "attempts", "attempt_start_time", "artifacts", "start_time",
+     "completion_time"}
 )
 TERMINAL = frozenset({"Succeeded", "Failed"})
 MAX_MESSAGE = 1024
+# Pending reasons that need someone to act (Stalled=True), although the job recovers by itself
+# once they do: the kubelet and the scheduler keep retrying (docs/design.md, "Failure outcomes: pods").
+STALLED_WAITING = frozenset({"Unschedulable", "SecretNotFound", "CreateContainerConfigError", "ErrImagePull",
+                             "ImagePullBackOff", "InvalidImageName", "NameConflict",
+                             "Forbidden", "QuotaExceeded"})  # a child create the apiserver forbids (403)
+# The kubelet flips between ErrImagePull and ImagePullBackOff on every retry: one reason for both,
+# so the status and Events do not flap (its own reason stays in the message).
+IMAGE_PULL_REASONS = {"ErrImagePull": "ImagePullBackOff", "ImagePullBackOff": "ImagePullBackOff",
+                      "InvalidImageName": "InvalidImageName"}
+
+
+# The trainer's last words are copied into status and Events, which more people read than the
+# Secret. The operator never reads Secrets, so it cannot know the values; it masks what looks like
+# one: NAME=value / NAME: value for credential-like names, URL user:password@, Hugging Face tokens.
+_CREDENTIAL_ASSIGNMENT = re.compile(
+    # Names are identifiers (env vars, config keys), never path parts: s3://b/secret-1.jsonl: ... stays.
+    r"(?i)(?<![\w./-])([A-Z0-9_]*(?:SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_?KEY)[A-Z0-9_]*['\"]?\s*[=:]\s*)"
+    r"(\"[^\"]*\"|'[^']*'|[^\s,;'\"]+)")
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^@\s/]+@")
+_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{16,}")
+REDACTED = "<redacted>"
+
+
+def redact_credentials(text: str) -> str:
+    text = _CREDENTIAL_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, text)
+    return _HF_TOKEN.sub(REDACTED, _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text))
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Why the trainer cannot start (yet): a CamelCase reason and a message that says what to fix."""
+
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -35,6 +71,7 @@ class Observed:
     storage_uri: str | None     # the run's root, for artifact URIs
     now: datetime
     problems: list[str] = field(default_factory=list)  # spec problems that stop the job before a Job exists
+    blocked: Blocker | None = None  # why reconcile did not create the Job (old pods, a foreign Job)
 
 
 def _job_condition(job: dict, *types: str) -> dict | None:
@@ -77,8 +114,51 @@ def describe_pod_failure(pod: dict) -> str:
         text = f"pod {name} failed: {(pod.get('status') or {}).get('reason') or 'unknown reason'}"
     last_words = (term.get("message") or "").strip()
     if last_words:
-        text += f": {last_words.splitlines()[-1]}"
+        text += f": {redact_credentials(last_words.splitlines()[-1])}"
     return text
+
+
+def _scheduling_blocker(pod: dict) -> Blocker | None:
+    name = pod["metadata"]["name"]
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            return Blocker("Unschedulable", (
+                f"pod {name} cannot be scheduled: {cond.get('message') or 'no node fits'}; lower spec.resources "
+                "(gpusPerNode, cpu, memory) or fix nodeSelector/tolerations and recreate the FineTuneJob, or add "
+                "capacity (it is scheduled by itself once a node fits)"))
+    return None
+
+
+def _container_blocker(pod: dict) -> Blocker | None:
+    name = pod["metadata"]["name"]
+    st = pod.get("status") or {}
+    for cs in (st.get("initContainerStatuses") or []) + (st.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason, detail = waiting.get("reason"), (waiting.get("message") or "").strip()
+        if reason == "CreateContainerConfigError" and "secret" in detail.lower():
+            return Blocker("SecretNotFound", (
+                f"pod {name} cannot start: {detail}; create that Secret (with that key) in namespace "
+                f"{pod['metadata'].get('namespace', '')}, or fix spec.storage.credentialsSecret / "
+                "spec.baseModel.tokenSecret and recreate the FineTuneJob (the pod starts by itself once the Secret exists)"))
+        if reason == "CreateContainerConfigError":
+            return Blocker(reason, f"pod {name} cannot start: {detail or reason}")
+        if reason in IMAGE_PULL_REASONS:
+            return Blocker(IMAGE_PULL_REASONS[reason], (
+                f"pod {name} cannot pull image {cs.get('image') or ''}: {reason}: {detail or 'no detail'}; fix spec.images.trainer "
+                "(or the operator's trainer image) or the registry's pull access and recreate the FineTuneJob "
+                "(the kubelet keeps retrying, so a registry that comes back is picked up)"))
+    return None
+
+
+def pod_blocker(pods: list[dict]) -> Blocker | None:
+    """The first trainer pod that cannot start, and why: scheduling, a missing Secret, an image pull."""
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        if pod["metadata"].get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        found = _scheduling_blocker(pod) or _container_blocker(pod)
+        if found is not None:
+            return found
+    return None
 
 
 def _last_failed_pod(pods: list[dict]) -> dict | None:
@@ -87,11 +167,29 @@ def _last_failed_pod(pods: list[dict]) -> dict | None:
                default=None)
 
 
-def count_attempts(pods: list[dict], indexed: bool) -> int:
-    """Trainer starts so far; on several nodes each restart of the group counts once (rank 0's pods)."""
+def _created(pod: dict) -> datetime | None:
+    stamp = pod["metadata"].get("creationTimestamp")
+    return datetime.fromisoformat(stamp) if stamp else None
+
+
+def count_attempts(pods: list[dict], indexed: bool, previous: int = 0,
+                   counted_until: datetime | None = None) -> tuple[int, datetime | None]:
+    """Trainer starts so far, and the creation time of the newest start counted.
+
+    On several nodes each restart of the group counts once (rank 0's pods). A start is counted
+    when its pod is first seen: an evicted pod is deleted before its replacement starts, so the
+    pods that exist now undercount. Every pod created after the newest one counted is a new
+    attempt (creation times have one-second resolution, which a replacement cannot beat: it
+    starts only after its predecessor has stopped).
+    """
     if indexed:
         pods = [p for p in pods if (p["metadata"].get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION) == "0"]
-    return len(pods)
+    times = [_created(p) for p in pods]
+    known = [t for t in times if t is not None]
+    newest = max(known + ([counted_until] if counted_until else []), default=None)
+    if counted_until is None or len(known) < len(times):
+        return max(previous, len(pods)), newest
+    return previous + sum(t > counted_until for t in known), newest
 
 
 def artifacts_for(storage_uri: str, spec: FineTuneJobSpec) -> Artifacts:
@@ -117,6 +215,8 @@ def _phase(obs: Observed) -> tuple[str, str, str]:
     if job is None:
         if obs.previous.phase in TERMINAL:
             return obs.previous.phase, obs.previous.phase, obs.previous.message or ""
+        if obs.blocked is not None:
+            return "Pending", obs.blocked.reason, obs.blocked.message
         return "Pending", "Creating", "creating the trainer Job"
     last_failure = _last_failed_pod(obs.pods)
     failure_text = describe_pod_failure(last_failure) if last_failure else ""
@@ -134,6 +234,8 @@ def _phase(obs: Observed) -> tuple[str, str, str]:
         if spec.queue_name:
             return "Queued", "Queued", f"waiting for Kueue to admit it from queue {spec.queue_name}"
         return "Pending", "Resuming", "resuming the trainer Job"
+    if (blocker := pod_blocker(obs.pods)) is not None:  # before ready: one blocked rank stops them all
+        return "Pending", blocker.reason, blocker.message + retry_note
     if status.get("ready", 0) > 0:
         if obs.previous.progress is not None or obs.previous.dataset is not None:
             return "Running", "Running", "training" + retry_note
@@ -145,11 +247,12 @@ def _phase(obs: Observed) -> tuple[str, str, str]:
 
 def conditions_for(phase: str, reason: str, message: str, generation: int, previous: list[Condition],
                    now: datetime) -> list[Condition]:
-    """kstatus conditions: Reconciling while the job moves, Stalled once it failed, Ready once it succeeded."""
+    """kstatus conditions: Reconciling while the job moves, Stalled once it failed or while it waits for
+    a fix (both True then: it goes on by itself once fixed), Ready once it succeeded."""
     wanted = {
         "Ready": "True" if phase == "Succeeded" else "False",
         "Reconciling": "False" if phase in TERMINAL or phase == "Suspended" else "True",
-        "Stalled": "True" if phase == "Failed" else "False",
+        "Stalled": "True" if phase == "Failed" or (phase == "Pending" and reason in STALLED_WAITING) else "False",
     }
     return kstatus_conditions(wanted, reason, message, generation, previous, now)
 
@@ -160,7 +263,7 @@ def derive_status(obs: Observed) -> FineTuneJobStatus:
     prev = obs.previous
     job_status = (obs.job or {}).get("status") or {}
     indexed = obs.spec.resources.nodes > 1
-    attempts = max(prev.attempts or 0, count_attempts(obs.pods, indexed))
+    attempts, attempt_start = count_attempts(obs.pods, indexed, prev.attempts or 0, prev.attempt_start_time)
     completion = prev.completion_time
     if phase in TERMINAL and completion is None:
         completion = job_status.get("completionTime") or obs.now
@@ -170,6 +273,7 @@ def derive_status(obs: Observed) -> FineTuneJobStatus:
         conditions=conditions_for(phase, reason, message, obs.generation, prev.conditions, obs.now),
         message=message,
         attempts=attempts or None,
+        attempt_start_time=attempt_start,
         artifacts=artifacts_for(obs.storage_uri, obs.spec) if phase == "Succeeded" and obs.storage_uri else prev.artifacts,
         start_time=prev.start_time or job_status.get("startTime"),
         completion_time=completion,

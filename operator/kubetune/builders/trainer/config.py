@@ -7,6 +7,7 @@ import json
 from kubetune.api.common import SecretRef
 from kubetune.api.finetunejob import FineTuneJobSpec, StorageSpec
 from kubetune.api.trainer_config import CONFIG_KEY, TrainerConfig, run_root
+from kubetune.guardrails import finetunejob_guardrail_problems
 from kubetune.settings import OperatorSettings
 
 from ..common import Owner
@@ -27,9 +28,14 @@ def effective_storage(spec: FineTuneJobSpec, settings: OperatorSettings) -> Stor
     )
 
 
-def run_storage_uri(storage: StorageSpec, owner: Owner) -> str:
-    """Where this job's checkpoints and artifacts live: <prefix>/<namespace>/<name>."""
-    return run_root(storage.uri, owner.namespace, owner.name)
+def run_storage_uri(storage: StorageSpec, owner: Owner, resume_from_run: str | None = None) -> str:
+    """Where this job's checkpoints and artifacts live: <prefix>/<namespace>/<name>/<run id>.
+
+    The run id is the FineTuneJob's uid, so a FineTuneJob deleted and created again with
+    the same name starts afresh instead of resuming the old run's checkpoints and reusing
+    its base-model scores; spec.resumeFromRun names an earlier run (its uid) to continue.
+    """
+    return f"{run_root(storage.uri, owner.namespace, owner.name)}/{resume_from_run or owner.uid}"
 
 
 def cluster_spec_problems(spec: FineTuneJobSpec, settings: OperatorSettings) -> list[str]:
@@ -56,6 +62,7 @@ def cluster_spec_problems(spec: FineTuneJobSpec, settings: OperatorSettings) -> 
             "spec.storage: not set and the operator has no default storage "
             "(KUBETUNE_DEFAULT_STORAGE_URI); set spec.storage.uri to an s3:// prefix"
         )
+    problems += finetunejob_guardrail_problems(spec, settings)  # the platform team's allow-lists
     return problems
 
 
@@ -68,7 +75,7 @@ def build_trainer_config(owner: Owner, spec: FineTuneJobSpec, settings: Operator
         job_name=owner.name,
         namespace=owner.namespace,
         job_uid=owner.uid,
-        storage_uri=run_storage_uri(storage, owner),
+        storage_uri=run_storage_uri(storage, owner, spec.resume_from_run),
         storage_endpoint=storage.endpoint,
         storage_region=storage.region,
         progress_reporter="kubernetes",
