@@ -194,7 +194,7 @@ def test_a_forbidden_child_waits_visibly_with_bounded_retries_and_recovers(
     status = api.wait_status("quota", lambda s: stalled_reason(s) == "QuotaExceeded", "Stalled QuotaExceeded",
                              timeout=VISIBLE_WITHIN)
     assert status["phase"] == "Pending" and "exceeded quota" in status["message"], status
-    assert condition(status, "Reconciling").get("status") == "True", "waiting for a fix, not finished"
+    assert condition(status, "Reconciling").get("status") == "False", "Stalled alone, so kstatus reads Failed"
     wait_for(lambda: any(e.reason == "QuotaExceeded" and "exceeded quota" in (e.message or "")
                          for e in warning_events(api, "quota")), 20, "a QuotaExceeded Warning Event")
 

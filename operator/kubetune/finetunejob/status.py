@@ -248,12 +248,20 @@ def _phase(obs: Observed) -> tuple[str, str, str]:
 def conditions_for(phase: str, reason: str, message: str, generation: int, previous: list[Condition],
                    now: datetime) -> list[Condition]:
     """kstatus conditions: Reconciling while the job moves, Stalled once it failed or while it waits for
-    a fix (both True then: it goes on by itself once fixed), Ready once it succeeded."""
+    a fix (it goes on by itself once fixed), Ready once it succeeded; no Ready while suspended.
+
+    kstatus (Flux) reads the first true one of Reconciling and Stalled, and Ready=False as
+    InProgress: so Reconciling is False while Stalled, and a suspended job (Current, as the user
+    asked) carries no Ready (docs/gitops.md).
+    """
+    stalled = phase == "Failed" or (phase == "Pending" and reason in STALLED_WAITING)
     wanted = {
         "Ready": "True" if phase == "Succeeded" else "False",
-        "Reconciling": "False" if phase in TERMINAL or phase == "Suspended" else "True",
-        "Stalled": "True" if phase == "Failed" or (phase == "Pending" and reason in STALLED_WAITING) else "False",
+        "Reconciling": "False" if stalled or phase in TERMINAL or phase == "Suspended" else "True",
+        "Stalled": "True" if stalled else "False",
     }
+    if phase == "Suspended":
+        del wanted["Ready"]
     return kstatus_conditions(wanted, reason, message, generation, previous, now)
 
 
