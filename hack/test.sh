@@ -10,6 +10,9 @@ bash hack/gateway-api-crds.sh >/dev/null
 # versitygw: the S3 store that keeps its data across restarts (tests/support/s3_fixtures.py).
 KUBETUNE_VERSITYGW="$(bash hack/versitygw.sh)"
 export KUBETUNE_VERSITYGW
+# Argo CD's Lua engine and Flux's kstatus, for the GitOps health checks (tests/integration/test_gitops_health.py).
+KUBETUNE_GITOPS_HEALTH="$(bash hack/gitops-health.sh)"
+export KUBETUNE_GITOPS_HEALTH
 if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   KUBEBUILDER_ASSETS="$(bash hack/build-k8s.sh)"
   export KUBEBUILDER_ASSETS

@@ -9,6 +9,7 @@ from kubernetes import client as k8s
 from kubetune.api import GROUP, VERSION
 from tests.support.controlplane import ControlPlane
 from tests.support.procs import wait_for
+from tests.support.status_capture import capture
 
 PLURAL = "finetunejobs"
 
@@ -38,7 +39,7 @@ class Api:
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
 
     def ftj(self, name: str) -> dict:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+        return capture(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name))
 
     def patch_spec(self, name: str, **spec) -> None:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec})

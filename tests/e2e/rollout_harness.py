@@ -19,6 +19,7 @@ from tests.support.controlplane import ControlPlane
 from tests.support.load import LoadGenerator
 from tests.support.procs import wait_for
 from tests.support.prometheus_fixtures import Prometheus
+from tests.support.status_capture import capture
 
 PLURAL = "modeldeployments"
 INTERVAL = 2
@@ -61,7 +62,7 @@ class Serving:
         self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, self.name, {"spec": spec})
 
     def get(self) -> dict:
-        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, self.name)
+        return capture(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, self.name))
 
     def status(self) -> dict:
         return self.get().get("status") or {}
