@@ -12,6 +12,15 @@ from tests.support.procs import wait_for
 from tests.support.status_capture import capture
 
 PLURAL = "finetunejobs"
+CREDENTIALS_SECRET = "s3-creds"  # the Secret every FineTuneJob from Api.apply names
+
+
+def create_tenant_namespace(cluster: ControlPlane, ns: str, secret_value: str) -> None:
+    """A namespace for FineTuneJobs, with their S3 credentials Secret (the value is what leak checks look for)."""
+    cluster.create_namespace(ns)
+    k8s.CoreV1Api(cluster.api_client()).create_namespaced_secret(ns, k8s.V1Secret(
+        metadata=k8s.V1ObjectMeta(name=CREDENTIALS_SECRET),
+        string_data={"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": secret_value}))
 
 
 class Api:
@@ -30,7 +39,7 @@ class Api:
             "spec": {
                 "baseModel": {"uri": "s3://models/tiny"},
                 "dataset": {"train": "s3://data/train.jsonl"},
-                "storage": {"uri": "s3://runs/e2e", "credentialsSecret": {"name": "s3-creds"}},
+                "storage": {"uri": "s3://runs/e2e", "credentialsSecret": {"name": CREDENTIALS_SECRET}},
                 "resources": {"gpusPerNode": 1, "cpu": "2", "memory": "8Gi"},
                 "suspend": suspend,
                 **spec,

@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 from kubetune.api import GROUP, VERSION
 from kubetune.api.finetunejob import Progress
 from kubetune_trainer.progress import KubernetesStatusReporter
-from tests.e2e.finetunejob_api import PLURAL, Api
+from tests.e2e.finetunejob_api import PLURAL, Api, create_tenant_namespace
 from tests.e2e.operator_process import OperatorProcess
 from tests.support import kwok
 from tests.support.controlplane import ControlPlane, service_account_client
@@ -35,10 +35,7 @@ RUN_FOREVER = {kwok.RUN_DURATION: "87600h"}
 
 @pytest.fixture(scope="module")
 def operator(e2e_cluster: ControlPlane, kubetune_crds: list[str]) -> Iterator[OperatorProcess]:
-    e2e_cluster.create_namespace(NS)
-    k8s.CoreV1Api(e2e_cluster.api_client()).create_namespaced_secret(NS, k8s.V1Secret(
-        metadata=k8s.V1ObjectMeta(name="s3-creds"),
-        string_data={"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": SECRET_VALUE}))
+    create_tenant_namespace(e2e_cluster, NS, SECRET_VALUE)
     op = OperatorProcess(e2e_cluster, env=operator_env(resync_seconds=600)).start()
     yield op
     op.stop()

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client as k8s
 
-from tests.e2e.finetunejob_api import Api
+from tests.e2e.finetunejob_api import Api, create_tenant_namespace
 from tests.e2e.operator_process import OperatorProcess
 from tests.support import kwok
 from tests.support.controlplane import ControlPlane
@@ -31,10 +31,7 @@ VISIBLE_WITHIN = 60  # seconds: the promise for every failure below
 
 @pytest.fixture(scope="module")
 def operator(e2e_cluster: ControlPlane, kubetune_crds: list[str]) -> Iterator[OperatorProcess]:
-    e2e_cluster.create_namespace(NS)
-    k8s.CoreV1Api(e2e_cluster.api_client()).create_namespaced_secret(NS, k8s.V1Secret(
-        metadata=k8s.V1ObjectMeta(name="s3-creds"),
-        string_data={"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": "e2e-failures"}))
+    create_tenant_namespace(e2e_cluster, NS, "e2e-failures")
     op = OperatorProcess(e2e_cluster, env={"KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:e2e",
                                            "KUBETUNE_RESYNC_SECONDS": "600"}).start()
     yield op

@@ -17,7 +17,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from kubetune.api import GROUP, VERSION
-from tests.e2e.finetunejob_api import PLURAL, Api
+from tests.e2e.finetunejob_api import PLURAL, Api, create_tenant_namespace
 from tests.e2e.operator_process import OperatorProcess
 from tests.support import kwok
 from tests.support.controlplane import ControlPlane
@@ -35,12 +35,8 @@ POLICY_MESSAGE = "trainer images named 'forbidden' are not allowed in this names
 
 @pytest.fixture(scope="module")
 def operator(e2e_cluster: ControlPlane, kubetune_crds: list[str]) -> Iterator[OperatorProcess]:
-    core = k8s.CoreV1Api(e2e_cluster.api_client())
     for ns in (NS, QUOTA_NS):
-        e2e_cluster.create_namespace(ns)
-        core.create_namespaced_secret(ns, k8s.V1Secret(
-            metadata=k8s.V1ObjectMeta(name="s3-creds"),
-            string_data={"AWS_ACCESS_KEY_ID": "e2e", "AWS_SECRET_ACCESS_KEY": "e2e-spec-errors"}))
+        create_tenant_namespace(e2e_cluster, ns, "e2e-spec-errors")
     op = OperatorProcess(e2e_cluster, env={"KUBETUNE_TRAINER_IMAGE": "kubetune-trainer:e2e",
                                            "KUBETUNE_RESYNC_SECONDS": "3600"}).start()
     yield op
