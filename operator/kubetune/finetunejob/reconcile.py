@@ -179,10 +179,10 @@ def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None 
                 job = ctx.kube.merge_patch("batch/v1", "Job", owner.namespace, owner.job_name,
                                            {"spec": {"suspend": want}}) or job
             counts = job.get("status") or {}
-            uncounted = counts.get("uncountedTerminatedPods") or {}  # ended, not yet in failed/succeeded
-            # A FailJob rule can mark the Job failed before its counters move: the pods still hold the last words.
-            if (any(counts.get(k) for k in ("active", "failed", "succeeded", "terminating")) or any(uncounted.values())
-                    or _job_finished(job)):
+            # Pods ended but not yet counted in failed/succeeded (a FailJob rule marks the Job failing
+            # first) still hold the trainer's last words.
+            uncounted = counts.get("uncountedTerminatedPods") or {}
+            if any(counts.get(k) for k in ("active", "failed", "succeeded", "terminating")) or any(uncounted.values()):
                 pods = ctx.kube.list("v1", "Pod", owner.namespace,
                                      f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}")
             ctx.handled_jobs[job["metadata"]["uid"]] = job_summary(job)
