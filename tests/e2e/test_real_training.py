@@ -352,7 +352,8 @@ class UploadInterrupter:
 
 def test_store_killed_mid_upload_training_carries_on_and_eviction_resumes_from_it(
         cluster: Cluster, persistent_s3: VersityServer, tiny_model_dir: Path):
-    server, steps, every = persistent_s3, 200, 10
+    # Long enough that the run cannot finish between the restart and the eviction (200 steps could, once).
+    server, steps, every = persistent_s3, 500, 10
     bucket = create_bucket(server, "persistent")
     stage(server, bucket, tiny_model_dir)
     cluster.core.create_namespaced_secret(NS, k8s.V1Secret(
@@ -361,7 +362,7 @@ def test_store_killed_mid_upload_training_carries_on_and_eviction_resumes_from_i
     cluster.apply(manifest("store-down", bucket, server.endpoint_url, hyperparameters={"maxSteps": steps},
                            storage={"credentialsSecret": {"name": "versity-creds"}, "checkpointIntervalSteps": every,
                                     "checkpointsKept": 3}))
-    interrupter = UploadInterrupter(server, bucket, max_step=steps // 3)
+    interrupter = UploadInterrupter(server, bucket, max_step=60)
     try:
         wait_for(lambda: interrupter.caught, 240, "a checkpoint upload in flight", interval=0.2,
                  on_timeout=cluster.runner.describe)
