@@ -10,6 +10,9 @@ bash hack/gateway-api-crds.sh >/dev/null
 # versitygw: the S3 store that keeps its data across restarts (tests/support/s3_fixtures.py).
 KUBETUNE_VERSITYGW="$(bash hack/versitygw.sh)"
 export KUBETUNE_VERSITYGW
+# Traefik: the Gateway API router of the data-plane tests (tests/support/dataplane.py).
+KUBETUNE_TRAEFIK="$(bash hack/traefik.sh)"
+export KUBETUNE_TRAEFIK
 # Argo CD's Lua engine and Flux's kstatus, for the GitOps health checks (tests/integration/test_gitops_health.py).
 KUBETUNE_GITOPS_HEALTH="$(bash hack/gitops-health.sh)"
 export KUBETUNE_GITOPS_HEALTH

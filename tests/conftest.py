@@ -18,6 +18,7 @@ pytest_plugins = [
         "tests.support.prometheus_fixtures",
         "tests.support.serving_fixtures",
         "tests.support.pod_runner_fixtures",
+        "tests.support.dataplane",
     )
     if importlib.util.find_spec(name) is not None
 ]

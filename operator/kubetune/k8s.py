@@ -39,6 +39,7 @@ PLURALS = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("apps/v1", "Deployment"): "deployments",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
+    ("discovery.k8s.io/v1", "EndpointSlice"): "endpointslices",
 }
 MERGE_PATCH = "application/merge-patch+json"
 EVENT_SOURCE = "kubetune-operator"

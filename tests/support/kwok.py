@@ -39,7 +39,7 @@ FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 UNPULLABLE_IMAGE_PREFIX = "registry.invalid/"  # .invalid never resolves (RFC 2606)
 _UNPULLABLE = f'.spec.containers.[] | select(.image | startswith("{UNPULLABLE_IMAGE_PREFIX}")) | .image'
 # Images the pod runner executes for real (tests/support/pod_runner/images.py); KWOK leaves their pods alone.
-RUNNER_IMAGES = ("kubetune-trainer:local",)
+RUNNER_IMAGES = ("kubetune-trainer:local", "kubetune-vllm-standin:local", "kubetune-operator:local")
 _RUNNER_IMAGES = json.dumps(list(RUNNER_IMAGES))
 
 

@@ -28,11 +28,14 @@ SCRAPE_INTERVAL = "1s"
 
 
 class Prometheus:
-    def __init__(self, workdir: Path):
+    """wrap(argv) -> argv starts it elsewhere, e.g. in a network namespace (NetNamespace.command);
+    then `port` must be reachable from here on loopback (tests/support/dataplane.py forwards it)."""
+
+    def __init__(self, workdir: Path, wrap=None, port: int | None = None):
         self.workdir = workdir
         self.targets_dir = workdir / "targets"
         self.targets_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = {
             "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
@@ -45,11 +48,10 @@ class Prometheus:
         }
         self.config_path = workdir / "prometheus.yml"
         self.config_path.write_text(yaml.safe_dump(config))
-        self.process = ManagedProcess("prometheus", [
-            tool("prometheus"), f"--config.file={self.config_path}",
-            f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
-            "--web.enable-lifecycle", "--log.level=warn",
-        ], workdir)
+        argv = [tool("prometheus"), f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle", "--log.level=warn"]
+        self.process = ManagedProcess("prometheus", wrap(argv) if wrap else argv, workdir)
 
     def start(self, timeout: float = 60) -> "Prometheus":
         self.process.start()

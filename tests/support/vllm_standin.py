@@ -222,8 +222,23 @@ class Server(ThreadingHTTPServer):
         super().__init__(address, Handler)
 
 
+def from_vllm_cli(argv: list[str]) -> list[str]:
+    """`vllm serve MODEL [--served-model-name N] [--port P] ...` (the operator's command line) as
+    stand-in options; vLLM's other flags are accepted and ignored. The host comes from
+    STANDIN_HOST (the pod IP): every pod here shares one network namespace, so 0.0.0.0 would clash."""
+    p = argparse.ArgumentParser(prog="vllm serve", add_help=False)
+    p.add_argument("model")
+    p.add_argument("--served-model-name")
+    p.add_argument("--port", default="8000")
+    known, _ = p.parse_known_args(argv)
+    return ["--port", known.port, "--served-model-name", known.served_model_name or known.model]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        argv = from_vllm_cli(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default=env("STANDIN_HOST", "127.0.0.1"))
     p.add_argument("--port", type=int, default=int(env("STANDIN_PORT", "8000")))
@@ -232,6 +247,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in FAULTS:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=float(env(f"STANDIN_{name.upper()}", "0")))
     p.add_argument("--seed", default=env("STANDIN_SEED"))
+    # vLLM opens its port only once the model is loaded (minutes); the stand-in can wait too.
+    p.add_argument("--load-seconds", type=float, default=float(env("STANDIN_LOAD_SECONDS", "0")))
     args = p.parse_args(argv)
     if not args.revision:
         p.error("--revision (or STANDIN_REVISION) is required")
@@ -241,6 +258,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     app = StandIn(a.revision, a.served_model_name, a.error_rate, a.latency_seconds, a.ttft_seconds, a.seed)
+    time.sleep(a.load_seconds)
     server = Server((a.host, a.port), app)
     # SIGTERM (ManagedProcess.stop, a pod's deletion) drains like uvicorn instead of dying mid-reply.
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())

@@ -101,6 +101,18 @@ def test_gateway_routes_the_asked_weight_and_keeps_stable_whole():
     assert plan.replicas == {"aaa": 4, "bbb": 1}
 
 
+def test_gateway_gives_no_weight_to_a_canary_without_a_ready_endpoint():
+    """A router sends a backend its share even with no endpoint behind it (Traefik answers 503):
+    the route carries the step's weight only once the canary's Service has a ready endpoint."""
+    sp = spec(rollout={"trafficRouting": {"gatewayParentRefs": [{"name": "gw"}]},
+                       "steps": [{"weight": 10, "pauseSeconds": 60}]})
+    st = with_canary(sp=sp)
+    plan = advance(obs(st, "bbb", {"aaa": 4}, sp=sp))
+    assert plan.weight == 0 and plan.status.achieved_weight == 0 and plan.status.canary_weight == 10
+    assert plan.replicas == {"aaa": 4, "bbb": 1}  # the canary's pods are still asked for
+    assert advance(obs(plan.status, "bbb", {"aaa": 4, "bbb": 1}, sp=sp)).weight == 10
+
+
 def test_a_step_needs_its_pause_and_one_passed_round():
     st = with_canary()
     ready = {"aaa": 3, "bbb": 1}

@@ -41,6 +41,7 @@ from kubetune.modeldeployment.status import finish, status_patch
 RETIRE_AT = "kubetune.io/retire-at"
 TRACK = "kubetune.io/track"
 APPS = "apps/v1"
+DISCOVERY = "discovery.k8s.io/v1"
 ROUTE_API = "gateway.networking.k8s.io/v1"
 
 
@@ -58,6 +59,19 @@ def _deployments(ctx: Context, owner: Owner) -> dict[str, dict]:
         if any(r.get("uid") == owner.uid for r in refs):
             mine[dep["metadata"]["labels"][REVISION_LABEL]] = dep
     return mine
+
+
+def _ready_endpoints(ctx: Context, owner: Owner) -> dict[str, int]:
+    """Ready endpoints per revision, from the revision Services' EndpointSlices (which carry the
+    Services' labels). Ready excludes terminating endpoints."""
+    ready: dict[str, int] = {}
+    for eps in ctx.kube.list(DISCOVERY, "EndpointSlice", owner.namespace,
+                             f"{MODEL_DEPLOYMENT_LABEL}={fit(owner.name)},{REVISION_LABEL}"):
+        revision = eps["metadata"]["labels"][REVISION_LABEL]
+        ready[revision] = ready.get(revision, 0) + sum(
+            len(e.get("addresses") or []) for e in eps.get("endpoints") or []
+            if (e.get("conditions") or {}).get("ready"))
+    return ready
 
 
 def _provider(ctx: Context, spec: ModelDeploymentSpec) -> MetricProvider:
@@ -89,7 +103,7 @@ def _reconcile_locked(ctx: Context, md: dict, logger: logging.Logger) -> bool:
         ftj = ctx.kube.get(FINETUNEJOB.api_version, FINETUNEJOB.kind, owner.namespace, spec.model.fine_tune_job_ref.name)
     res = resolve(spec, ftj, ctx.settings)
     deployments = _deployments(ctx, owner)
-    ready = {rev: (dep.get("status") or {}).get("readyReplicas") or 0 for rev, dep in deployments.items()}
+    ready = _ready_endpoints(ctx, owner)
     obs = Observed(spec=spec, name=owner.name, namespace=owner.namespace, desired=res.revision,
                    previous=previous, ready=ready, now=now)
     target = wants_analysis(obs)

@@ -37,7 +37,9 @@ class Observed:
     namespace: str
     desired: ServedRevision | None      # what spec.model resolves to now; None while there is nothing to serve
     previous: ModelDeploymentStatus
-    ready: dict[str, int]               # revision -> ready replicas of its Deployment
+    # revision -> ready endpoints of its Service: what a Gateway or kube-proxy can route to now
+    # (a Deployment's readyReplicas can run ahead of the EndpointSlices routers read).
+    ready: dict[str, int]
     now: datetime
 
 
@@ -228,8 +230,10 @@ def _placement(plan: Plan, obs: Observed) -> None:
     ready_stable = obs.ready.get(st.stable.revision, 0)
     if spec.gateway:
         # Until the switch the route keeps the last step's weight: the canary is not yet full size.
-        plan.weight = spec.rollout.steps[n - 1].weight if promoting and n else asked
-        achieved = plan.weight if ready_canary else 0
+        # No weight before the canary has a ready endpoint: a router sends a backend's share even
+        # when it has no endpoint, and those requests fail (503 from Traefik).
+        plan.weight = (spec.rollout.steps[n - 1].weight if promoting and n else asked) if ready_canary else 0
+        achieved = plan.weight
     else:
         served = ready_canary + ready_stable
         achieved = round(100 * ready_canary / served) if served else 0

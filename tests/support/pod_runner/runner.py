@@ -20,6 +20,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from .images import LocalImage
+from .probe import Prober
 from .resolve import ConfigError, Resolver, VolumeError
 from .sandbox import ContainerProcess, PodSandbox
 from .status import ContainerState, now, pod_status, termination_message
@@ -55,13 +56,20 @@ class PodRun:
 
 
 class PodRunner:
+    """netns: run containers in this network namespace (tests/support/netns.py) and probe their
+    readiness there; without one, pods share the machine's namespace, their IPs are labels only
+    (never contacted) and a running container counts as ready."""
+
     def __init__(self, api_client: k8s.ApiClient, apiserver_port: int, workdir: Path,
-                 images: dict[str, LocalImage], nodes: set[str], interval: float = 0.5):
+                 images: dict[str, LocalImage], nodes: set[str], interval: float = 0.5,
+                 netns=None, ip_base: str = "10.245"):
         self.core = k8s.CoreV1Api(api_client)
         self.port, self.workdir, self.images, self.nodes, self.interval = apiserver_port, workdir, images, nodes, interval
+        self.netns = netns
+        self.prober = Prober(netns.call) if netns is not None else None
         self.runs: dict[str, PodRun] = {}
         self.errors: list[str] = []  # runner-side failures (shown when a test fails)
-        self._ips = (f"10.245.{i // 250}.{i % 250 + 2}" for i in itertools.count())  # never contacted
+        self._ips = (f"{ip_base}.{i // 250}.{i % 250 + 2}" for i in itertools.count())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.log_file = workdir / "pod-runner.log"
@@ -147,6 +155,7 @@ class PodRunner:
         elif not run.finished:
             if deleting:
                 self._stop_containers(run, meta)
+            self._probe(run, pod)
             self._collect(run, pod)
         if run.finished and deleting:
             # The final status is written first: the Job controller counts a pod from its last status.
@@ -187,8 +196,10 @@ class PodRunner:
         self._refresh_hosts([pod])
         started = now()
         for c, env, state in zip(containers, envs, run.containers):
+            state.probed_ready = self.prober is None or not c.get("readinessProbe")
             try:
-                run.processes[c["name"]] = run.sandbox.start(c, self.images[c["image"]], env)
+                run.processes[c["name"]] = run.sandbox.start(c, self.images[c["image"]], env,
+                                                             wrap=self.netns.command if self.netns else None)
                 state.started_at, state.waiting = started, None
             except (OSError, ValueError) as err:  # e.g. the command is not on the image's PATH
                 state.waiting, state.exit_code, state.started_at, state.finished_at = None, 128, started, started
@@ -203,9 +214,10 @@ class PodRunner:
     def _base_env(self, run: PodRun, container: dict) -> dict[str, str]:
         image = self.images[container["image"]]
         host, port = "127.0.0.1", str(self.port)
+        derived = image.from_pod(run.sandbox.pod, run.pod_ip) if image.from_pod else {}
         # What every container gets from the kubelet: its hostname and the "kubernetes" Service,
         # which here is the test apiserver on loopback (the in-cluster client reads these two).
-        return {**image.env, "HOSTNAME": run.sandbox.hostname, "KUBERNETES_SERVICE_HOST": host,
+        return {**image.env, **derived, "HOSTNAME": run.sandbox.hostname, "KUBERNETES_SERVICE_HOST": host,
                 "KUBERNETES_SERVICE_PORT": port, "KUBERNETES_SERVICE_PORT_HTTPS": port,
                 "KUBERNETES_PORT": f"tcp://{host}:{port}", "KUBERNETES_PORT_443_TCP": f"tcp://{host}:{port}"}
 
@@ -230,8 +242,21 @@ class PodRunner:
                     p.send(signal.SIGKILL)
                     p.killed = True
 
+    def _probe(self, run: PodRun, pod: dict) -> None:
+        """Readiness probes of running containers (every tick; a kubelet honours periodSeconds)."""
+        if self.prober is None or run.deletion_seen is not None:
+            if run.deletion_seen is not None:
+                for state in run.containers:
+                    state.probed_ready = False  # a terminating pod is never ready
+            return
+        for c, state in zip(pod["spec"]["containers"], run.containers):
+            if state.running and c.get("readinessProbe"):
+                ready = self.prober.ready(c, run.pod_ip)
+                if ready != state.probed_ready:
+                    self._note(f"{run.namespace}/{run.name}/{state.name}: readiness {ready}")
+                state.probed_ready = ready
+
     def _collect(self, run: PodRun, pod: dict) -> None:
-        changed = False
         for state in run.containers:
             proc = run.processes.get(state.name)
             if proc is None or state.terminated:
@@ -241,10 +266,8 @@ class PodRunner:
                 continue
             state.exit_code, state.finished_at = code, now()
             state.message = termination_message(proc.message_file, proc.log, proc.policy, code)
-            changed = True
             self._note(f"{run.namespace}/{run.name}/{state.name}: exited {code}")
-        if changed or not run.reported:
-            self._report(run, pod)
+        self._report(run, pod)  # sends only what changed (exits, readiness)
         if all(s.terminated for s in run.containers):
             run.finished = True
 

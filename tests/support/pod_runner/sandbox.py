@@ -4,7 +4,8 @@ Each container runs in its own mount and UTS namespace (`unshare`): the pod's
 volumes, /etc/hosts and termination-message file are bind-mounted at the
 container's real paths, so in-pod code needs no test-only paths (e.g.
 /var/run/secrets/kubernetes.io/serviceaccount for load_incluster_config()).
-Processes share the machine's network namespace and run as root.
+Processes run as root in the runner's network namespace: the machine's own, or one the
+test bed made (then pod IPs are real addresses there).
 
 A bind mount needs a mount point. Paths that do not exist on this machine
 (/scratch, /etc/kubetune, ...) are created once as empty directories or files
@@ -112,13 +113,15 @@ class PodSandbox:
         script.write_text("\n".join(lines) + "\n")
         return script
 
-    def start(self, container: dict, image: LocalImage, env: dict[str, str]) -> ContainerProcess:
+    def start(self, container: dict, image: LocalImage, env: dict[str, str], wrap=None) -> ContainerProcess:
+        """wrap(argv) -> argv: e.g. NetNamespace.command, to start the container in a network namespace."""
         argv = image.argv(container, env)
         script = self._script(container)
         log = self.log_path(container["name"])
+        command = ["unshare", "--mount", "--uts", "--propagation", "private", "/bin/sh", str(script), *argv]
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                ["unshare", "--mount", "--uts", "--propagation", "private", "/bin/sh", str(script), *argv],
+                wrap(command) if wrap else command,
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.root,
                 start_new_session=True,  # its own process group: signals reach every process it starts
             )

@@ -27,14 +27,19 @@ class ContainerState:
     finished_at: str | None = None
     message: str = ""
     extra: dict = field(default_factory=dict)
+    probed_ready: bool = True  # the readiness probe's last answer (True when there is no probe)
 
     @property
     def terminated(self) -> bool:
         return self.exit_code is not None
 
+    @property
+    def running(self) -> bool:
+        return self.started_at is not None and not self.terminated
+
     def wire(self) -> dict:
         status = {"name": self.name, "image": self.image, "imageID": f"local://{self.image}",
-                  "restartCount": 0, "ready": self.started_at is not None and not self.terminated,
+                  "restartCount": 0, "ready": self.running and self.probed_ready,
                   "started": self.started_at is not None and not self.terminated}
         if self.terminated:
             term = {"exitCode": self.exit_code, "reason": "Completed" if self.exit_code == 0 else "Error",
@@ -63,7 +68,7 @@ def pod_status(containers: list[ContainerState], pod_ip: str | None, host_ip: st
     """The status patch body (conditions merge by type, so the scheduler's and the apiserver's stay)."""
     ph = phase(containers)
     t = now()
-    if ph == "Running" and all(c.started_at and not c.terminated for c in containers):
+    if ph == "Running" and all(c.running and c.probed_ready for c in containers):
         ready, reason = "True", None
     elif ph in ("Succeeded", "Failed"):
         ready, reason = "False", "PodCompleted" if ph == "Succeeded" else "PodFailed"
