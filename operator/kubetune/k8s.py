@@ -236,11 +236,14 @@ class Kube:
             if err.status not in (403, 404, 409, 422):
                 raise
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
-        """Delete in the background (dependents go through the garbage collector); absent is fine."""
+    def delete(self, api_version: str, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete in the background (dependents go through the garbage collector); absent is fine.
+        With `uid`, only that object: a newer one under the same name is left alone (409, fine too)."""
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
         try:
-            self._call("DELETE", resource_path(api_version, kind, namespace, name),
-                       body={"propagationPolicy": "Background"})
+            self._call("DELETE", resource_path(api_version, kind, namespace, name), body=body)
         except ApiException as err:
-            if err.status != 404:
+            if err.status != 404 and not (err.status == 409 and uid is not None):
                 raise

@@ -9,6 +9,7 @@ import pytest
 from kubetune.api import FineTuneJobSpec
 from kubetune.api.trainer_config import CONFIG_KEY, TrainerConfig
 from kubetune.builders.common import MAX_JOB_NAME, Owner
+from kubetune.builders.trainer.job import GANG_RULE_CAUSES
 from kubetune.builders.trainer import (
     build_configmap,
     build_headless_service,
@@ -203,6 +204,25 @@ def test_pod_failure_policy():
         {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [75]}},
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
     ]
+
+
+def test_multi_node_failure_fails_the_whole_attempt():
+    # A gang: any failed rank fails the Job (backoffLimit 0); the operator counts spec.backoffLimit
+    # across Jobs, and the rules' order tells it why (GANG_RULE_CAUSES).
+    job = job_for(make_spec(backoffLimit=5, resources={"nodes": 2, "gpusPerNode": 1}))
+    assert job["spec"]["backoffLimit"] == 0
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert [r["action"] for r in rules] == ["FailJob"] * 3
+    assert [r.get("onExitCodes", {}).get("values") for r in rules] == [[65], [75], None]
+    assert rules[2]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+    assert GANG_RULE_CAUSES == ("BadInput", "Preempted", "Disrupted")
+
+
+def test_a_later_attempt_gets_what_is_left_of_the_deadline():
+    spec = make_spec(activeDeadlineSeconds=3600, resources={"nodes": 2, "gpusPerNode": 1})
+    assert build_job(OWNER, spec, effective_storage(spec, SETTINGS), SETTINGS)["spec"]["activeDeadlineSeconds"] == 3600
+    later = build_job(OWNER, spec, effective_storage(spec, SETTINGS), SETTINGS, deadline_seconds=600)
+    assert later["spec"]["activeDeadlineSeconds"] == 600
 
 
 def test_pod_security_restricted():

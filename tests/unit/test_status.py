@@ -162,7 +162,7 @@ def test_status_patch_names_only_operator_fields():
     st = derive(job(active=1, ready=1), previous=FineTuneJobStatus(progress=Progress(step=1)))
     body = status_patch(st)["status"]
     assert set(body) == {"phase", "observedGeneration", "conditions", "message", "attempts", "attemptStartTime",
-                         "artifacts", "startTime", "completionTime"}
+                         "failedAttempts", "lastFailedJobUid", "artifacts", "startTime", "completionTime"}
     assert "progress" not in body  # the trainer's field is never overwritten
     assert body["artifacts"] is None  # null clears in a merge patch
 
@@ -292,7 +292,7 @@ def test_last_words_with_credentials_are_masked_in_status():
 
 
 def test_paths_that_mention_a_secret_are_not_masked():
-    from kubetune.finetunejob.status import redact_credentials
+    from kubetune.finetunejob.podfailure import redact_credentials
 
     line = "bad data: s3://data/secret-9f3e2a.jsonl: no such key; aws_secret_access_key = abc123"
     assert redact_credentials(line) == "bad data: s3://data/secret-9f3e2a.jsonl: no such key; aws_secret_access_key = <redacted>"

@@ -351,6 +351,11 @@ class FineTuneJobStatus(KubeModel):
     attempts: int | None = Field(None, description="Trainer attempts so far (preemptions included).")
     attempt_start_time: datetime | None = Field(
         None, description="When the newest attempt's trainer pod (rank 0) was created; attempts are counted from it.")
+    failed_attempts: int | None = Field(
+        None, description="Failed attempts counted against backoffLimit (preemptions and disruptions are not).")
+    last_failed_job_uid: str | None = Field(
+        None, description="Several nodes: the uid of the newest trainer Job whose failure the operator handled "
+                          "(counted, restarted as a gang or failed the job); each is handled once.")
     artifacts: Artifacts | None = Field(None, description="Output locations.")
     evaluation: EvaluationSummary | None = Field(None, description="Base vs tuned summary.")
     start_time: datetime | None = Field(None, description="When training first started.")

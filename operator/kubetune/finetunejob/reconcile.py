@@ -29,7 +29,13 @@ from kubetune.builders.trainer import (
 from kubetune.context import Context
 from kubetune.k8s import Rejected
 from kubetune.metrics import PHASE_BOOK
-from kubetune.finetunejob.status import TERMINAL, Blocker, Observed, derive_status, status_patch
+from kubetune.finetunejob.gang import NOT_COUNTED, GangOutcome, all_ranks_stopped, deadline_left
+from kubetune.finetunejob.status import TERMINAL, Blocker, Observed, derive_status, observed_gang_outcome, status_patch
+
+# Re-reads of a FineTuneJob whose status changed under a gang decision before the decision gives up
+# (the caller's retry, or the resync, takes it from there).
+GANG_DECISION_TRIES = 3
+GANG_DECISION_FIELDS = ("failedAttempts", "lastFailedJobUid")
 
 
 def job_summary(job: dict) -> tuple:
@@ -75,7 +81,8 @@ def _live_pods_of_previous_job(ctx: Context, owner: Owner) -> Blocker | None:
                    f"{owner.job_name} to stop before creating a new one")
 
 
-def _ensure_children(ctx: Context, owner: Owner, spec: FineTuneJobSpec) -> tuple[dict | None, Blocker | None]:
+def _ensure_children(ctx: Context, owner: Owner, spec: FineTuneJobSpec,
+                     previous: FineTuneJobStatus) -> tuple[dict | None, Blocker | None]:
     """Create whatever is missing, the Job last: a Job implies its config, Service and RBAC exist.
     Returns the Job, or why it was not created (a child of someone else holds a name, old pods still run)."""
     children = [*build_trainer_rbac(owner), build_configmap(owner, build_trainer_config(owner, spec, ctx.settings))]
@@ -87,8 +94,9 @@ def _ensure_children(ctx: Context, owner: Owner, spec: FineTuneJobSpec) -> tuple
             return None, blocker
     if (blocker := _live_pods_of_previous_job(ctx, owner)) is not None:
         return None, blocker
+    deadline = deadline_left(spec.active_deadline_seconds, previous, datetime.now(timezone.utc))
     job, _ = ctx.kube.create_if_absent(_with_spec_digest(
-        build_job(owner, spec, effective_storage(spec, ctx.settings), ctx.settings), spec))
+        build_job(owner, spec, effective_storage(spec, ctx.settings), ctx.settings, deadline), spec))
     blocker = not_ours(job, owner)
     return (None, blocker) if blocker else (job, None)
 
@@ -132,12 +140,13 @@ def _failed_for_spec(previous: FineTuneJobStatus) -> bool:
 
 
 def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None = None,
-              fresh: bool = False) -> FineTuneJobStatus | None:
+              fresh: bool = False, tries_left: int = GANG_DECISION_TRIES) -> FineTuneJobStatus | None:
     """Converge one FineTuneJob and return the status it published (None: being deleted).
     `job`: its trainer Job when the caller already has it; `fresh`: kopf's create handler, so
     unless a status shows it was handled before, its children are created straight away
     without looking the Job up first. A child creation the apiserver forbids (403) is raised
-    again after the status says so, for the caller to retry with backoff."""
+    again after the status says so, for the caller to retry with backoff. A failed multi-node
+    attempt is restarted as a gang here (see _restart_gang)."""
     meta = ftj["metadata"]
     if meta.get("deletionTimestamp"):
         return None  # being garbage-collected (children go first in foreground deletion): never recreate
@@ -163,7 +172,7 @@ def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None 
             job = None  # only the Job the operator created for this FineTuneJob drives its status
         elif job is None and previous.phase not in TERMINAL:
             try:
-                job, blocked = _ensure_children(ctx, owner, spec)
+                job, blocked = _ensure_children(ctx, owner, spec, previous)
             except Rejected as err:
                 refused = err
                 logger.warning("%s", err)
@@ -188,26 +197,81 @@ def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None 
             ctx.handled_jobs[job["metadata"]["uid"]] = job_summary(job)
     now = datetime.now(timezone.utc)
     acted = _acted_generation(job, spec, previous, generation, problems)
-    status = derive_status(Observed(
-        generation=acted, spec=spec, job=job, pods=pods, previous=previous,
-        storage_uri=storage_uri, now=now, problems=problems, blocked=blocked,
-    ))
+    observed = Observed(generation=acted, spec=spec, job=job, pods=pods, previous=previous,
+                        storage_uri=storage_uri, now=now, problems=problems, blocked=blocked)
+    status = derive_status(observed)
     if acted != generation:  # kstatus/Flux see observedGeneration < generation; this says why
         status.conditions.append(_spec_applied_condition(acted, generation, previous, now))
-    publish(ctx, ftj, previous, status)
+    gang = observed_gang_outcome(observed)
+    if gang is not None and gang.job_uid != previous.last_failed_job_uid:
+        stored = _record_gang_failure(ctx, ftj, owner, previous, status, gang)
+        if stored is None:
+            return _decide_again(ctx, ftj, logger, tries_left)
+    else:
+        stored = publish(ctx, ftj, previous, status)
+    if gang is not None and gang.restart and stored is not None and _restart_gang(ctx, owner, job, logger):
+        return reconcile(ctx, stored, logger, tries_left=tries_left)  # create the next attempt's Job now
     if refused is not None and not refused.invalid:
         raise refused
     return status
 
 
-def publish(ctx: Context, ftj: dict, previous: FineTuneJobStatus, status: FineTuneJobStatus) -> None:
-    """Patch the status if it changed, with an Event for every phase transition."""
-    patch = status_patch(status)
-    if patch == status_patch(previous):
-        return
+def _restart_gang(ctx: Context, owner: Owner, job: dict, logger: logging.Logger) -> bool:
+    """Delete a failed gang attempt's Job once all its ranks stopped (then the next one may start;
+    the trainer resumes from the newest complete checkpoint). Only that Job (uid precondition): a
+    newer attempt under the same name is never touched. True if it was deleted now."""
+    if not all_ranks_stopped(job) or job["metadata"].get("deletionTimestamp"):
+        return False  # FailureTarget: the Job controller is still stopping ranks; its next event comes back here
+    ctx.kube.delete("batch/v1", "Job", owner.namespace, owner.job_name, uid=job["metadata"]["uid"])
+    logger.info("restarting the gang: deleted failed trainer Job %s (uid %s)", owner.job_name, job["metadata"]["uid"])
+    return True
+
+
+def _record_gang_failure(ctx: Context, ftj: dict, owner: Owner, previous: FineTuneJobStatus,
+                         status: FineTuneJobStatus, gang: GangOutcome) -> dict | None:
+    """Write a newly failed gang attempt's count and uid, only onto the status the decision was made
+    from and only while that Job is still the current one (an event can be late), so that no
+    reconcile, concurrent or repeated after an operator restart, counts it twice. Returns the
+    stored FineTuneJob, None if the decision must be made again on fresh reads."""
+    current = ctx.kube.get("batch/v1", "Job", owner.namespace, owner.job_name)
+    if current is None or current["metadata"]["uid"] != gang.job_uid:
+        return None
+    stored = publish(ctx, ftj, previous, status, guarded=True)
+    if stored is not None and gang.restart:  # a failed job gets its Failed Event from publish()
+        ctx.kube.post_event(ftj, "Normal" if gang.cause in NOT_COUNTED else "Warning", "GangRestart", gang.message)
+    return stored
+
+
+def _decide_again(ctx: Context, ftj: dict, logger: logging.Logger, tries_left: int) -> FineTuneJobStatus | None:
+    """The FineTuneJob changed since it was read (the trainer's progress, another reconcile):
+    decide again on what is stored now."""
     meta = ftj["metadata"]
-    if ctx.kube.patch_status(API_VERSION, "FineTuneJob", meta["namespace"], meta["name"], patch) is None:
-        return  # deleted meanwhile
+    if tries_left <= 1:
+        raise RuntimeError(f"FineTuneJob {meta['namespace']}/{meta['name']} kept changing while a failed gang "
+                           "attempt was being handled; retried later")
+    fresh = ctx.kube.get(FINETUNEJOB.api_version, FINETUNEJOB.kind, meta["namespace"], meta["name"])
+    return None if fresh is None else reconcile(ctx, fresh, logger, tries_left=tries_left - 1)
+
+
+def publish(ctx: Context, ftj: dict, previous: FineTuneJobStatus, status: FineTuneJobStatus,
+            guarded: bool = False) -> dict | None:
+    """Patch the status if it changed, with an Event for every phase transition. Returns the stored
+    FineTuneJob (`ftj` itself if nothing changed), None if it is gone; `guarded`: only if nobody
+    wrote it since it was read (None also when somebody did)."""
+    patch, before = status_patch(status), status_patch(previous)
+    if patch == before:
+        return ftj
+    if not guarded:
+        # Written only with the gang decision they record (guarded): a reconcile that read an
+        # older status must not take them back.
+        for alias in GANG_DECISION_FIELDS:
+            if patch["status"][alias] == before["status"][alias]:
+                del patch["status"][alias]
+    meta = ftj["metadata"]
+    stored = ctx.kube.patch_status(API_VERSION, "FineTuneJob", meta["namespace"], meta["name"], patch,
+                                   resource_version=meta.get("resourceVersion") if guarded else None)
+    if stored is None:
+        return None  # deleted meanwhile, or (guarded) changed meanwhile
     if status.phase != previous.phase:
         kind = "Warning" if status.phase == "Failed" else "Normal"
         ctx.kube.post_event(ftj, kind, status.phase, status.message or "")
@@ -216,6 +280,7 @@ def publish(ctx: Context, ftj: dict, previous: FineTuneJobStatus, status: FineTu
     if stalled is not None and status.phase != "Failed" and stalled != _stalled_reason(previous):
         # Waiting for a fix (Unschedulable, SecretNotFound, ...): the phase stays Pending, the Event says why.
         ctx.kube.post_event(ftj, "Warning", stalled, status.message or "")
+    return stored
 
 
 def _stalled_reason(status: FineTuneJobStatus) -> str | None:

@@ -7,19 +7,20 @@ times; the trainer owns progress, dataset, lastCheckpoint and evaluation
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from kubetune.api import Condition, FineTuneJobSpec, FineTuneJobStatus
 from kubetune.api.finetunejob import Artifacts
-from kubetune.api.trainer_config import EXIT_BAD_INPUT, EXIT_PREEMPTED
 from kubetune.conditions import kstatus_conditions
-from kubetune.builders.trainer.job import COMPLETION_INDEX_ANNOTATION, CONTAINER
+from kubetune.builders.trainer.job import COMPLETION_INDEX_ANNOTATION
+
+from .gang import GangOutcome, gang_outcome
+from .podfailure import describe_pod_failure, terminated
 
 OPERATOR_FIELDS = frozenset(
-    {"phase", "observed_generation", "conditions", "message", "attempts", "attempt_start_time", "artifacts", "start_time",
-     "completion_time"}
+    {"phase", "observed_generation", "conditions", "message", "attempts", "attempt_start_time", "failed_attempts",
+     "last_failed_job_uid", "artifacts", "start_time", "completion_time"}
 )
 TERMINAL = frozenset({"Succeeded", "Failed"})
 MAX_MESSAGE = 1024
@@ -32,23 +33,6 @@ STALLED_WAITING = frozenset({"Unschedulable", "SecretNotFound", "CreateContainer
 # so the status and Events do not flap (its own reason stays in the message).
 IMAGE_PULL_REASONS = {"ErrImagePull": "ImagePullBackOff", "ImagePullBackOff": "ImagePullBackOff",
                       "InvalidImageName": "InvalidImageName"}
-
-
-# The trainer's last words are copied into status and Events, which more people read than the
-# Secret. The operator never reads Secrets, so it cannot know the values; it masks what looks like
-# one: NAME=value / NAME: value for credential-like names, URL user:password@, Hugging Face tokens.
-_CREDENTIAL_ASSIGNMENT = re.compile(
-    # Names are identifiers (env vars, config keys), never path parts: s3://b/secret-1.jsonl: ... stays.
-    r"(?i)(?<![\w./-])([A-Z0-9_]*(?:SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_?KEY)[A-Z0-9_]*['\"]?\s*[=:]\s*)"
-    r"(\"[^\"]*\"|'[^']*'|[^\s,;'\"]+)")
-_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^@\s/]+@")
-_HF_TOKEN = re.compile(r"\bhf_[A-Za-z0-9]{16,}")
-REDACTED = "<redacted>"
-
-
-def redact_credentials(text: str) -> str:
-    text = _CREDENTIAL_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, text)
-    return _HF_TOKEN.sub(REDACTED, _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", text))
 
 
 @dataclass(frozen=True)
@@ -79,43 +63,6 @@ def _job_condition(job: dict, *types: str) -> dict | None:
         if cond.get("type") in types and cond.get("status") == "True":
             return cond
     return None
-
-
-def _terminated(pod: dict) -> dict | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == CONTAINER:
-            return (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
-    return None
-
-
-def _disrupted(pod: dict) -> dict | None:
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
-            return cond
-    return None
-
-
-def describe_pod_failure(pod: dict) -> str:
-    """One line on why a trainer pod stopped, with the trainer's own last words."""
-    name = pod["metadata"]["name"]
-    disruption = _disrupted(pod)
-    term = _terminated(pod) or {}
-    code = term.get("exitCode")
-    if code == EXIT_PREEMPTED:
-        text = f"pod {name} was preempted and saved a checkpoint (exit {code}); not counted against backoffLimit"
-    elif disruption is not None:
-        text = (f"pod {name} was disrupted ({disruption.get('reason') or 'DisruptionTarget'}); "
-                "not counted against backoffLimit")
-    elif code == EXIT_BAD_INPUT:
-        text = f"pod {name}: the trainer rejected its input (exit {code}); fix the dataset or spec and recreate the job"
-    elif code is not None:
-        text = f"pod {name}: trainer exited {code}" + (f" ({term['reason']})" if term.get("reason") else "")
-    else:
-        text = f"pod {name} failed: {(pod.get('status') or {}).get('reason') or 'unknown reason'}"
-    last_words = (term.get("message") or "").strip()
-    if last_words:
-        text += f": {redact_credentials(last_words.splitlines()[-1])}"
-    return text
 
 
 def _scheduling_blocker(pod: dict) -> Blocker | None:
@@ -163,7 +110,7 @@ def pod_blocker(pods: list[dict]) -> Blocker | None:
 
 def _last_failed_pod(pods: list[dict]) -> dict | None:
     failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
-    return max(failed, key=lambda p: ((_terminated(p) or {}).get("finishedAt") or "", p["metadata"]["name"]),
+    return max(failed, key=lambda p: ((terminated(p) or {}).get("finishedAt") or "", p["metadata"]["name"]),
                default=None)
 
 
@@ -207,8 +154,8 @@ def artifacts_for(storage_uri: str, spec: FineTuneJobSpec) -> Artifacts:
     )
 
 
-def _phase(obs: Observed) -> tuple[str, str, str]:
-    """(phase, reason, message) for the current observation."""
+def _phase(obs: Observed, gang: GangOutcome | None) -> tuple[str, str, str]:
+    """(phase, reason, message) for the current observation; `gang`: a failed multi-node attempt."""
     spec, job = obs.spec, obs.job
     if obs.problems:
         return "Failed", "InvalidSpec", "; ".join(obs.problems)
@@ -222,6 +169,8 @@ def _phase(obs: Observed) -> tuple[str, str, str]:
     failure_text = describe_pod_failure(last_failure) if last_failure else ""
     if _job_condition(job, "Complete", "SuccessCriteriaMet") is not None:
         return "Succeeded", "Succeeded", "training finished; artifacts are under " + (obs.storage_uri or "storage")
+    if gang is not None:  # the whole attempt failed: restarted as a gang, or the end
+        return ("Pending" if gang.restart else "Failed"), gang.reason, gang.message
     if (cond := _job_condition(job, "Failed", "FailureTarget")) is not None:
         reason = cond.get("reason") or "JobFailed"
         message = f"{reason}: {cond.get('message') or 'the trainer Job failed'}"
@@ -265,13 +214,33 @@ def conditions_for(phase: str, reason: str, message: str, generation: int, previ
     return kstatus_conditions(wanted, reason, message, generation, previous, now)
 
 
+def observed_gang_outcome(obs: Observed) -> GangOutcome | None:
+    """The outcome of a failed multi-node Job attempt (gang.py), None otherwise."""
+    if obs.job is None or obs.problems or obs.spec.resources.nodes < 2:
+        return None
+    return gang_outcome(obs.job, obs.pods, obs.previous, obs.spec.backoff_limit, obs.spec.resources.nodes)
+
+
+def _failures(obs: Observed, gang: GangOutcome | None) -> tuple[int | None, str | None]:
+    """(failedAttempts, lastFailedJobUid): counted by the operator across a gang's Jobs, by the Job
+    controller (its status.failed) on one node."""
+    prev = obs.previous
+    if gang is not None:
+        return gang.failed_attempts or None, gang.job_uid
+    if obs.job is not None and obs.spec.resources.nodes < 2:
+        return ((obs.job.get("status") or {}).get("failed") or None), prev.last_failed_job_uid
+    return prev.failed_attempts, prev.last_failed_job_uid
+
+
 def derive_status(obs: Observed) -> FineTuneJobStatus:
-    phase, reason, message = _phase(obs)
+    gang = observed_gang_outcome(obs)
+    phase, reason, message = _phase(obs, gang)
     message = message[:MAX_MESSAGE]
     prev = obs.previous
     job_status = (obs.job or {}).get("status") or {}
     indexed = obs.spec.resources.nodes > 1
     attempts, attempt_start = count_attempts(obs.pods, indexed, prev.attempts or 0, prev.attempt_start_time)
+    failed_attempts, last_failed_job_uid = _failures(obs, gang)
     completion = prev.completion_time
     if phase in TERMINAL and completion is None:
         completion = job_status.get("completionTime") or obs.now
@@ -282,6 +251,8 @@ def derive_status(obs: Observed) -> FineTuneJobStatus:
         message=message,
         attempts=attempts or None,
         attempt_start_time=attempt_start,
+        failed_attempts=failed_attempts,
+        last_failed_job_uid=last_failed_job_uid,
         artifacts=artifacts_for(obs.storage_uri, obs.spec) if phase == "Succeeded" and obs.storage_uri else prev.artifacts,
         start_time=prev.start_time or job_status.get("startTime"),
         completion_time=completion,

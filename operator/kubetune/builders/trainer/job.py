@@ -15,7 +15,7 @@ SCRATCH = "/scratch"
 
 
 def failure_policy() -> dict:
-    """Which pod failures count against backoffLimit.
+    """Which pod failures count against backoffLimit (one node: the Job controller retries the pod).
 
     The trainer's "bad input" exit fails the Job at once (a retry reads the same
     data); its "preempted, checkpoint saved" exit and node disruptions (eviction,
@@ -29,6 +29,27 @@ def failure_policy() -> dict:
             {"action": "Ignore",
              "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PREEMPTED]}},
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+# Several nodes: every pod failure fails the whole Job attempt (the ranks form one torch.distributed
+# group, which a lone replacement pod cannot rejoin), and the operator starts the next attempt as a
+# new Job (finetunejob/gang.py). The Job controller's condition message names the rule it matched
+# ("... matching FailJob rule at index N"), so each rule's position says what the failure was.
+GANG_RULE_CAUSES = ("BadInput", "Preempted", "Disrupted")
+
+
+def gang_failure_policy() -> dict:
+    """Several nodes: any failed rank fails the Job attempt; the rules only say why, in GANG_RULE_CAUSES
+    order. A failure no rule matches (a crash) fails it too, through backoffLimit 0."""
+    return {
+        "rules": [
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_INPUT]}},
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_PREEMPTED]}},
+            {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]
     }
 
@@ -104,7 +125,7 @@ def _pod_spec(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, setting
         "securityContext": restricted_container_security(),
     }
     pod = {
-        "restartPolicy": "Never",  # required by podFailurePolicy; the Job controller retries
+        "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods (one node) or new Jobs (a gang)
         "serviceAccountName": owner.service_account_name,
         # The token is mounted only here, for the progress reporter (see build_trainer_rbac).
         "automountServiceAccountToken": True,
@@ -129,15 +150,20 @@ def _pod_spec(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, setting
     return pod
 
 
-def build_job(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, settings: OperatorSettings) -> dict:
+def build_job(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, settings: OperatorSettings,
+              deadline_seconds: int | None = None) -> dict:
+    """The trainer Job. `deadline_seconds`: what is left of spec.activeDeadlineSeconds for this
+    attempt (a gang restart's Job must not get the whole budget again); None: the spec's."""
     nodes = spec.resources.nodes
+    gang = nodes > 1
     job_labels = {QUEUE_LABEL: spec.queue_name} if spec.queue_name else {}
     job_spec = {
         "completions": nodes,
         "parallelism": nodes,
-        "completionMode": "Indexed" if nodes > 1 else "NonIndexed",
-        "backoffLimit": spec.backoff_limit,
-        "podFailurePolicy": failure_policy(),
+        "completionMode": "Indexed" if gang else "NonIndexed",
+        # A gang's retries are whole new Jobs, counted by the operator against spec.backoffLimit.
+        "backoffLimit": 0 if gang else spec.backoff_limit,
+        "podFailurePolicy": gang_failure_policy() if gang else failure_policy(),
         # Start a replacement only once the old pod is gone, so two trainers never
         # write the same checkpoints (the only value allowed with podFailurePolicy).
         "podReplacementPolicy": "Failed",
@@ -148,8 +174,9 @@ def build_job(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, setting
             "spec": _pod_spec(owner, spec, storage, settings),
         },
     }
-    if spec.active_deadline_seconds is not None:
-        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    deadline = deadline_seconds if deadline_seconds is not None else spec.active_deadline_seconds
+    if deadline is not None:
+        job_spec["activeDeadlineSeconds"] = deadline
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
