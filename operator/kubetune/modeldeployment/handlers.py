@@ -21,7 +21,7 @@ from kubetune.api.resources import FINETUNEJOB, MODELDEPLOYMENT
 from kubetune.builders.common import MANAGED_BY
 from kubetune.builders.serving import MODEL_DEPLOYMENT_LABEL
 from kubetune.context import Context
-from kubetune.metrics import DEPLOYMENT_BOOK, observe_reconcile
+from kubetune.metrics import DEPLOYMENT_BOOK, DEPLOYMENT_GAUGES, observe_reconcile
 from kubetune.modeldeployment.reconcile import reconcile
 
 MDEP = MODELDEPLOYMENT.kopf_resource
@@ -58,8 +58,10 @@ def on_spec_change(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_
 
 @kopf.on.event(*MDEP)
 def on_modeldeployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Track which ModelDeployments exist (for the tick and the phase gauge)."""
+    """Track which ModelDeployments exist (for the tick and the phase gauge); weights for /metrics."""
     key = f"{body.metadata.namespace}/{body.metadata.name}"
+    DEPLOYMENT_GAUGES.record(body.metadata.namespace, body.metadata.name,
+                             None if type == "DELETED" else body.get("status") or {})
     if type == "DELETED":
         memo.ctx.known_deployments.pop(key, None)
         memo.ctx.active_rollouts.discard(key)
