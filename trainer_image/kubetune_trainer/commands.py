@@ -73,7 +73,7 @@ def _validate_data(args: argparse.Namespace) -> int:
     try:
         if model:
             from .model import load_tokenizer, model_directory
-            from .storage import resolve_uri
+            from .sources import resolve_uri
             from .tokenize import count_tokens
 
             count, limit = count_tokens(load_tokenizer(model_directory(resolve_uri(model, Path.cwd())))), args.max_seq_length
@@ -133,17 +133,26 @@ def _trainer_run(args: argparse.Namespace) -> int:
     except TopologyError as err:
         print(f"error: bad distributed environment: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    work_dir = Path(os.environ.get("KUBETUNE_WORK_DIR", "/tmp/kubetune-work"))
     if launcher is not None:
-        # accelerate starts one worker per GPU, each re-entering trainer-run with RANK set;
-        # its exit code (75 on preemption, 65 on bad input) is the pod's.
-        os.execv(launcher[0], launcher)
+        # accelerate starts one worker per GPU, each re-entering trainer-run with RANK set; this
+        # process stays the pod's main process and exits with the code the ranks agreed on.
+        from .supervisor import supervise
+
+        local_ranks = int(os.environ["NUM_PROCESSES"]) // int(os.environ.get("NUM_MACHINES") or 1)
+        code, message = supervise(launcher, work_dir, local_ranks)
+        if code != EXIT_OK:
+            _last_words(message)
+        return code
+    from .supervisor import worker_output
+
+    worker_output()
     path = Path(os.environ.get(CONFIG_ENV, CONFIG_PATH))
     try:
         cfg = TrainerConfig.model_validate_json(path.read_text())
     except Exception as err:  # noqa: BLE001 - a bad config is bad input whatever the cause
         print(f"error: cannot read the trainer config {path}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    work_dir = Path(os.environ.get("KUBETUNE_WORK_DIR", "/tmp/kubetune-work"))
     # On a cluster relative data paths are rejected by the operator; resolve against the cwd anyway.
     return _execute(cfg, Path.cwd(), work_dir, local=False)
 
@@ -173,7 +182,8 @@ def _pull_model(args: argparse.Namespace) -> int:
 
 def _pull_s3(uri: str, dest: Path) -> tuple[int, int]:
     """Every object under the prefix (an init container that restarts resumes). Returns (files, bytes)."""
-    from .storage import S3Storage, download_prefix
+    from .backends import S3Storage
+    from .sources import download_prefix
 
     bucket, _, prefix = uri.removeprefix("s3://").partition("/")
     store = S3Storage(f"s3://{bucket}", os.environ.get("AWS_ENDPOINT_URL"),
@@ -185,23 +195,43 @@ def _pull_s3(uri: str, dest: Path) -> tuple[int, int]:
 
 
 def _execute(cfg: TrainerConfig, base_dir: Path, work_dir: Path, local: bool) -> int:
+    """Run the recipe on this rank. A rank of several (RANK set by the launcher) leaves its exit
+    code and message in the work directory for the pod's main process (supervisor.py), which
+    writes the termination message; a single process writes it itself."""
     from .progress import make_reporter
+    from .ranks import Ranks, write_exit
     from .recipe import run
 
     started = time.monotonic()
+    ranks = Ranks()
     try:
-        reporter = make_reporter(cfg.progress_reporter, cfg.job_name, cfg.namespace)
-        result = run(cfg, base_dir, work_dir, reporter)
+        ranks = Ranks.start()
+        reporter = make_reporter(cfg.progress_reporter, cfg.job_name, cfg.namespace) if ranks.is_main else _Silent()
+        result = run(cfg, base_dir, work_dir, reporter, ranks)
+        code, message = result.exit_code, result.message
     except Exception as err:
         logging.getLogger("kubetune").exception("training failed")
-        if not local:
-            _last_words(f"training failed: {type(err).__name__}: {err}")
-        return EXIT_FAILED
-    if result.exit_code == EXIT_OK:
+        code, message, result = EXIT_FAILED, f"training failed: {type(err).__name__}: {err}", None
+    if code == EXIT_OK and ranks.is_main and result is not None:
         print(summary(result, time.monotonic() - started))
-    elif not local and result.message:
-        _last_words(result.message)
-    return result.exit_code
+    if "RANK" in os.environ:
+        write_exit(work_dir, int(os.environ["RANK"]), code, message)
+    elif not local and message and code != EXIT_OK:
+        _last_words(message)
+    return code
+
+
+class _Silent:
+    """The progress reporter of ranks other than 0: one rank reports for the job."""
+
+    def report(self, progress, force: bool = False) -> None:
+        pass
+
+    def publish(self, section) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _last_words(message: str) -> None:

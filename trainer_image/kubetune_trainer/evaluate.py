@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from . import metrics
 from .data import Example
@@ -56,8 +56,14 @@ def generation_budget(tokenizer: Any, examples: list[Example], cap: int | None) 
     return Budget(budget, longest, sum(n > budget for n in lengths))
 
 
-def mean_answer_loss(model: Any, tokenizer: Any, examples: list[Example], batch_size: int = 8) -> float:
-    """Token-weighted mean cross-entropy over answer tokens."""
+def _nothing() -> None:
+    pass
+
+
+def mean_answer_loss(model: Any, tokenizer: Any, examples: list[Example], batch_size: int = 8,
+                     between_batches: Callable[[], None] = _nothing) -> float:
+    """Token-weighted mean cross-entropy over answer tokens. `between_batches` may raise to stop
+    (the trainer's SIGTERM check)."""
     import torch
 
     total, count = 0.0, 0
@@ -66,6 +72,7 @@ def mean_answer_loss(model: Any, tokenizer: Any, examples: list[Example], batch_
     model.eval()
     with torch.no_grad():
         for i in range(0, len(encoded), batch_size):
+            between_batches()
             batch = encoded[i : i + batch_size]
             width = max(len(e) for e in batch)
             pad = tokenizer.pad_token_id
@@ -90,7 +97,7 @@ def default_batch_size() -> int:
 
 
 def generate_answers(model: Any, tokenizer: Any, examples: list[Example], max_new_tokens: int,
-                     batch_size: int | None = None) -> tuple[list[str], int]:
+                     batch_size: int | None = None, between_batches: Callable[[], None] = _nothing) -> tuple[list[str], int]:
     """Greedy answers, batched with left padding; prompts of similar length share a batch.
     Also returns how many answers were cut off by the budget (they never ended their turn)."""
     import torch
@@ -110,6 +117,7 @@ def generate_answers(model: Any, tokenizer: Any, examples: list[Example], max_ne
     try:
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
+                between_batches()
                 idx = order[start : start + batch_size]
                 enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
                 out = model.generate(
@@ -125,11 +133,13 @@ def generate_answers(model: Any, tokenizer: Any, examples: list[Example], max_ne
     return answers, truncated
 
 
-def score(model: Any, tokenizer: Any, examples: list[Example], budget: Budget, batch_size: int | None = None) -> ModelScores:
-    loss = mean_answer_loss(model, tokenizer, examples)
+def score(model: Any, tokenizer: Any, examples: list[Example], budget: Budget, batch_size: int | None = None,
+          between_batches: Callable[[], None] = _nothing) -> ModelScores:
+    loss = mean_answer_loss(model, tokenizer, examples, between_batches=between_batches)
     started = time.monotonic()
     todo = answered(examples)
-    answers, truncated = generate_answers(model, tokenizer, todo, budget.max_new_tokens, batch_size) if todo else ([], 0)
+    answers, truncated = (generate_answers(model, tokenizer, todo, budget.max_new_tokens, batch_size, between_batches)
+                          if todo else ([], 0))
     return ModelScores(loss=loss, perplexity=math.exp(min(loss, 50.0)), answers=answers,
                        max_new_tokens=budget.max_new_tokens, seconds=time.monotonic() - started, truncated=truncated)
 

@@ -65,7 +65,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def _resolve(uri: str, endpoint: str | None) -> Path:
     import os
 
-    from .storage import resolve_uri
+    from .sources import resolve_uri
 
     # Not caught here: the caller names the argument (and adds a hint for the base).
     return resolve_uri(uri, Path.cwd(), endpoint or os.environ.get("AWS_ENDPOINT_URL"), os.environ.get("AWS_REGION"))

@@ -16,7 +16,7 @@ from typing import Any
 
 from kubetune.api.finetunejob import FineTuneJobSpec
 
-from .storage import cache_root
+from .sources import cache_root
 
 log = logging.getLogger(__name__)
 
