@@ -13,6 +13,9 @@ export KUBETUNE_VERSITYGW
 # Traefik: the Gateway API router of the data-plane tests (tests/support/dataplane.py).
 KUBETUNE_TRAEFIK="$(bash hack/traefik.sh)"
 export KUBETUNE_TRAEFIK
+# Kueue: admits, queues and preempts FineTuneJobs' Jobs in tests/e2e/test_kueue*.py.
+KUBETUNE_KUEUE="$(bash hack/kueue.sh)"
+export KUBETUNE_KUEUE
 # Argo CD's Lua engine and Flux's kstatus, for the GitOps health checks (tests/integration/test_gitops_health.py).
 KUBETUNE_GITOPS_HEALTH="$(bash hack/gitops-health.sh)"
 export KUBETUNE_GITOPS_HEALTH

@@ -19,6 +19,7 @@ pytest_plugins = [
         "tests.support.serving_fixtures",
         "tests.support.pod_runner_fixtures",
         "tests.support.dataplane",
+        "tests.support.kueue_fixtures",
     )
     if importlib.util.find_spec(name) is not None
 ]
