@@ -40,6 +40,8 @@ PLURALS = {
     ("apps/v1", "Deployment"): "deployments",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproutes",
     ("discovery.k8s.io/v1", "EndpointSlice"): "endpointslices",
+    ("kueue.x-k8s.io/v1beta2", "Workload"): "workloads",  # read only: Kueue's reason for a queued job
+    ("kueue.x-k8s.io/v1beta1", "Workload"): "workloads",
 }
 MERGE_PATCH = "application/merge-patch+json"
 EVENT_SOURCE = "kubetune-operator"

@@ -200,8 +200,13 @@ def test_queued_while_quota_is_taken_then_admitted_when_it_frees(operator: Opera
                   60, "Kueue's Pending verdict on the waiter's Workload", on_timeout=kueue.process.describe)
     assert "nvidia.com/gpu" in condition(wl, "QuotaReserved")["message"]
     assert condition(wl, "Admitted").get("status") != "True"
-    status = api.ftj("waiter")["status"]
-    assert status["phase"] == "Queued" and api.condition(status, "Reconciling")["status"] == "True"
+    # The operator puts Kueue's verdict (read from the Workload) into the FineTuneJob's status.
+    status = wait_for(lambda: (st := api.ftj("waiter")["status"]) and "insufficient unused quota" in st.get("message", "")
+                      and st, 30, "Kueue's reason in the FineTuneJob's status")
+    assert status["phase"] == "Queued" and status["message"].startswith("waiting for Kueue (Pending) in queue gpus: ")
+    assert "nvidia.com/gpu" in status["message"]
+    reconciling = api.condition(status, "Reconciling")
+    assert reconciling["status"] == "True" and reconciling["reason"] == "Pending"
     assert not api.pods_of("waiter")
     # Still waiting a few seconds later: nothing (operator included) starts it while the GPU is taken.
     with pytest.raises(TimeoutError):
@@ -237,7 +242,10 @@ def test_preempted_by_higher_priority_then_requeued_and_readmitted(operator: Ope
     # Requeued: waiting for quota again, not admitted.
     wait_for(lambda: condition(workload(kueue, api, "victim"), "QuotaReserved").get("status") == "False", 60,
              "the victim's Workload pending again")
-    assert api.ftj("victim")["status"]["phase"] == "Queued"
+    # Requeued: Kueue's new verdict (quota, no longer Preempted) reaches the status (the resync is 600 s here).
+    status = wait_for(lambda: (st := api.ftj("victim")["status"]) and "insufficient unused quota" in st.get("message", "")
+                      and st, 30, "Kueue's quota verdict in the requeued FineTuneJob's status")
+    assert status["phase"] == "Queued" and api.condition(status, "Reconciling")["reason"] == "Pending"
 
     delete_job(api, "urgent")
     status = api.wait_phase("victim", "Validating", "Running", timeout=90)

@@ -231,6 +231,11 @@ def test_the_operator_refuses_an_image_outside_the_allow_list(e2e_cluster: Contr
 # -- least privilege: each rule removed in turn ------------------------------------------------------
 
 RULES_RELEASE = "kt-rules"
+# Rules only some clusters need, which the scenario here (no Kueue) cannot exercise: each with the
+# test that runs the operator under the chart's rules where it is needed, and fails without it.
+NEEDED_ELSEWHERE = {
+    "kueue.x-k8s.io/workloads: list,watch": "tests/e2e/test_kueue.py (Kueue's reason in a queued job's status)",
+}
 
 
 def rule_key(rule: dict) -> str:
@@ -322,6 +327,6 @@ def test_every_operator_rule_is_needed(e2e_cluster: ControlPlane, kubetune_crds:
     report = "\n".join(f"| `{key}` | {'; '.join(broken) or '(nothing)'} |" for key, broken in table.items())
     print(f"\nremoved -> first failing checks (OwnerReferencesPermissionEnforcement: {enforced}):\n{report}")
     (e2e_cluster.workdir / "rbac-rule-table.md").write_text(report + "\n")
-    unneeded = [key for key, broken in table.items() if not broken
+    unneeded = [key for key, broken in table.items() if not broken and key not in NEEDED_ELSEWHERE
                 and not (key.endswith("/finalizers: update") and not enforced)]
     assert not unneeded, f"rules nothing needs (remove them from operator-rules.yaml): {unneeded}\n{report}"

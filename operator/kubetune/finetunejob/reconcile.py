@@ -29,6 +29,7 @@ from kubetune.builders.trainer import (
 from kubetune.context import Context
 from kubetune.k8s import Rejected
 from kubetune.metrics import PHASE_BOOK
+from kubetune.finetunejob.kueue import read_kueue_wait
 from kubetune.finetunejob.gang import NOT_COUNTED, GangOutcome, all_ranks_stopped, deadline_left
 from kubetune.finetunejob.status import TERMINAL, Blocker, Observed, derive_status, observed_gang_outcome, status_patch
 
@@ -161,7 +162,7 @@ def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None 
         previous = previous.model_copy(update={"phase": None, "completion_time": None})  # fixed in place: retry
     spec = FineTuneJobSpec.model_validate(ftj["spec"])  # the CRD schema already enforced it
     problems = cluster_spec_problems(spec, ctx.settings)
-    pods, storage_uri, blocked, refused = [], None, None, None
+    pods, storage_uri, blocked, refused, kueue_wait = [], None, None, None, None
     if problems:
         job = None
     else:
@@ -195,10 +196,13 @@ def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None 
                 pods = ctx.kube.list("v1", "Pod", owner.namespace,
                                      f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}")
             ctx.handled_jobs[job["metadata"]["uid"]] = job_summary(job)
+            if spec.queue_name and not spec.suspend and job["spec"].get("suspend"):
+                kueue_wait = read_kueue_wait(ctx.kube, owner.namespace, job["metadata"]["uid"])
     now = datetime.now(timezone.utc)
     acted = _acted_generation(job, spec, previous, generation, problems)
     observed = Observed(generation=acted, spec=spec, job=job, pods=pods, previous=previous,
-                        storage_uri=storage_uri, now=now, problems=problems, blocked=blocked)
+                        storage_uri=storage_uri, now=now, problems=problems, blocked=blocked,
+                        kueue_wait=kueue_wait)
     status = derive_status(observed)
     if acted != generation:  # kstatus/Flux see observedGeneration < generation; this says why
         status.conditions.append(_spec_applied_condition(acted, generation, previous, now))

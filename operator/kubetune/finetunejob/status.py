@@ -16,6 +16,7 @@ from kubetune.conditions import kstatus_conditions
 from kubetune.builders.trainer.job import COMPLETION_INDEX_ANNOTATION
 
 from .gang import GangOutcome, gang_outcome
+from .kueue import queued_reason_and_message
 from .podfailure import describe_pod_failure, terminated
 
 OPERATOR_FIELDS = frozenset(
@@ -56,6 +57,7 @@ class Observed:
     now: datetime
     problems: list[str] = field(default_factory=list)  # spec problems that stop the job before a Job exists
     blocked: Blocker | None = None  # why reconcile did not create the Job (old pods, a foreign Job)
+    kueue_wait: tuple[str, str] | None = None  # Kueue's (reason, message) while queued, read from its Workload
 
 
 def _job_condition(job: dict, *types: str) -> dict | None:
@@ -181,7 +183,7 @@ def _phase(obs: Observed, gang: GangOutcome | None) -> tuple[str, str, str]:
         if spec.suspend:
             return "Suspended", "Suspended", "suspended: pods stopped, checkpoints kept; set spec.suspend=false to continue"
         if spec.queue_name:
-            return "Queued", "Queued", f"waiting for Kueue to admit it from queue {spec.queue_name}"
+            return "Queued", *queued_reason_and_message(spec.queue_name, obs.kueue_wait)
         return "Pending", "Resuming", "resuming the trainer Job"
     if (blocker := pod_blocker(obs.pods)) is not None:  # before ready: one blocked rank stops them all
         return "Pending", blocker.reason, blocker.message + retry_note
