@@ -19,6 +19,9 @@ export KUBETUNE_KUEUE
 # Argo CD's Lua engine and Flux's kstatus, for the GitOps health checks (tests/integration/test_gitops_health.py).
 KUBETUNE_GITOPS_HEALTH="$(bash hack/gitops-health.sh)"
 export KUBETUNE_GITOPS_HEALTH
+# Both images built from their Dockerfiles (podman/buildah/runc); the images tier runs them (docs/images.md).
+KUBETUNE_IMAGES="$(bash hack/images.sh)"
+export KUBETUNE_IMAGES
 if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   KUBEBUILDER_ASSETS="$(bash hack/build-k8s.sh)"
   export KUBEBUILDER_ASSETS

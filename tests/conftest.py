@@ -34,7 +34,7 @@ def _cuda_available() -> bool:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    tiers = {"unit", "integration", "e2e", "trainer", "gpu"}
+    tiers = {"unit", "integration", "e2e", "trainer", "gpu", "images"}
     for item in items:
         if not tiers & {m.name for m in item.iter_markers()}:
             raise pytest.UsageError(f"{item.nodeid} has no tier marker (one of {sorted(tiers)})")
