@@ -39,10 +39,17 @@ STEPS = 60
 
 @pytest.fixture(scope="module")
 def operator(e2e_cluster: ControlPlane, kubetune_crds: list[str], pod_runner: PodRunner) -> Iterator[OperatorProcess]:
-    e2e_cluster.create_namespace(NS)
-    k8s.CoreV1Api(e2e_cluster.api_client()).create_namespaced_secret(NS, k8s.V1Secret(
-        metadata=k8s.V1ObjectMeta(name=SECRET),
-        string_data={"AWS_ACCESS_KEY_ID": CREDENTIALS["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": SECRET_KEY}))
+    # test_kueue_checkpoint.py shares this namespace (and may run first): create it only when absent,
+    # and write this module's Secret either way (its key is the one the redaction test looks for).
+    if e2e_cluster.kubectl("get", "namespace", NS, check=False).returncode != 0:
+        e2e_cluster.create_namespace(NS)
+    core = k8s.CoreV1Api(e2e_cluster.api_client())
+    secret = k8s.V1Secret(metadata=k8s.V1ObjectMeta(name=SECRET), string_data={
+        "AWS_ACCESS_KEY_ID": CREDENTIALS["AWS_ACCESS_KEY_ID"], "AWS_SECRET_ACCESS_KEY": SECRET_KEY})
+    if [x for x in core.list_namespaced_secret(NS).items if x.metadata.name == SECRET]:
+        core.replace_namespaced_secret(SECRET, NS, secret)
+    else:
+        core.create_namespaced_secret(NS, secret)
     op = OperatorProcess(e2e_cluster, env={"KUBETUNE_TRAINER_IMAGE": TRAINER_IMAGE, "KUBETUNE_RESYNC_SECONDS": "3"}).start()
     yield op
     op.stop()
