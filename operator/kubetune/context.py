@@ -27,6 +27,8 @@ class Context:
     rollout_locks: defaultdict[str, threading.Lock] = field(default_factory=lambda: defaultdict(threading.Lock))
     # namespace/name of every ModelDeployment seen -> the FineTuneJob it refers to (or None).
     known_deployments: dict[str, str | None] = field(default_factory=dict)
+    # namespace -> time.monotonic() its trainer identity was last found complete (finetunejob/identity.py).
+    trainer_identities: dict[str, float] = field(default_factory=dict)
     # ModelDeployments with a canary, a retirement or an unhealthy phase: ticked often.
     active_rollouts: set[str] = field(default_factory=set)
 

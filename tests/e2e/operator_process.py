@@ -41,6 +41,33 @@ def render_operator_rbac(release: str = RELEASE, namespaces: list[str] | None = 
     ).stdout
 
 
+class InstalledPolicy:
+    """Chart objects applied for one test; remove() deletes them again."""
+
+    def __init__(self, cluster: ControlPlane, manifest: Path):
+        self.cluster, self.manifest = cluster, manifest
+
+    def remove(self) -> None:
+        self.cluster.kubectl("delete", "-f", str(self.manifest), "--ignore-not-found", "--wait=false")
+
+
+def install_status_policy(cluster: ControlPlane, namespace: str) -> InstalledPolicy:
+    """The chart's status-ownership policies for this release's operator, bound to one namespace
+    (labelled for it), so other tests sharing the cluster are unaffected."""
+    label = "kubetune-status-policy"
+    cluster.kubectl("label", "namespace", namespace, f"{label}={namespace}", "--overwrite")
+    rendered = subprocess.run(
+        ["helm", "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+         "--set", f"admissionPolicies.namespaceSelector.matchLabels.{label}={namespace}",
+         "--show-only", "templates/policy-status.yaml"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    manifest = cluster.workdir / f"status-policy-{namespace}.yaml"
+    manifest.write_text(rendered)
+    cluster.kubectl("apply", "-f", str(manifest))
+    return InstalledPolicy(cluster, manifest)
+
+
 def install_operator_rbac(cluster: ControlPlane, release: str = RELEASE, namespaces: list[str] | None = None) -> None:
     if cluster.kubectl("get", "namespace", NAMESPACE, check=False).returncode != 0:
         cluster.create_namespace(NAMESPACE)

@@ -19,9 +19,10 @@ from kubernetes.client.rest import ApiException
 
 from kubetune.api import GROUP, VERSION
 from kubetune.api.finetunejob import Progress
+from kubetune.builders.trainer import CONFIG_ANNOTATION, TRAINER_ACCOUNT
 from kubetune_trainer.progress import KubernetesStatusReporter
 from tests.e2e.finetunejob_api import PLURAL, Api, create_tenant_namespace
-from tests.e2e.operator_process import OperatorProcess
+from tests.e2e.operator_process import OperatorProcess, install_status_policy
 from tests.support import kwok
 from tests.support.controlplane import ControlPlane, service_account_client
 from tests.support.procs import wait_for
@@ -55,11 +56,13 @@ def api(e2e_cluster: ControlPlane) -> Api:
 
 def test_finetunejob_runs_on_a_gpu_node_and_succeeds(operator: OperatorProcess, api: Api, e2e_cluster: ControlPlane):
     uid = api.apply("happy")["metadata"]["uid"]
-    cm = wait_for(lambda: api.core.read_namespaced_config_map("happy-train-config", NS), 30, "ConfigMap")
-    config = json.loads(cm.data["config.json"])
-    assert config["storageUri"] == f"s3://runs/e2e/ftj-e2e/happy/{uid}"  # this incarnation's run
-    assert SECRET_VALUE not in json.dumps(cm.data)
     job = wait_for(lambda: api.job("happy"), 30, "Job")
+    # The trainer config rides in the pod template's annotation (no ConfigMap), mounted by the downward API.
+    annotation = job.spec.template.metadata.annotations[CONFIG_ANNOTATION]
+    assert json.loads(annotation)["storageUri"] == f"s3://runs/e2e/ftj-e2e/happy/{uid}"  # this incarnation's run
+    assert SECRET_VALUE not in annotation
+    assert not [cm.metadata.name for cm in api.core.list_namespaced_config_map(NS).items
+                if cm.metadata.name.startswith("happy")]
     assert job.metadata.owner_references[0].kind == "FineTuneJob"
     env = {e.name: e for e in job.spec.template.spec.containers[0].env}
     assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "s3-creds"
@@ -277,9 +280,14 @@ def test_trainer_reports_progress_with_its_own_minimal_credentials(operator: Ope
     api.start_with_pod_annotations("progress", RUN_FOREVER)
     api.apply("neighbour", suspend=True)
     api.wait_phase("progress", "Validating", "Running")
-    # The trainer's identity: the per-job ServiceAccount the pod runs as, token from TokenRequest.
-    sa = api.job("progress").spec.template.spec.service_account_name
-    trainer = k8s.CustomObjectsApi(service_account_client(e2e_cluster, NS, sa, create=False))
+    # The trainer's identity: the namespace's trainer ServiceAccount the pod runs as, with a token
+    # bound to the pod (as the kubelet asks for it), which the chart's status policy ties to this job.
+    pod = next(p for p in api.pods_of("progress") if p.status.phase == "Running")
+    assert pod.spec.service_account_name == TRAINER_ACCOUNT
+    assert api.ftj("progress")["status"]["trainerJob"] == api.job("progress").metadata.name
+    trainer = k8s.CustomObjectsApi(service_account_client(e2e_cluster, NS, TRAINER_ACCOUNT, create=False,
+                                                          bound_pod=(pod.metadata.name, pod.metadata.uid)))
+    policy = install_status_policy(e2e_cluster, NS)
     t0 = time.monotonic()
     # The trainer's own reporter, as `kubetune trainer-run` builds it, on that identity.
     reporter = KubernetesStatusReporter("progress", NS, api=trainer)
@@ -304,19 +312,25 @@ def test_trainer_reports_progress_with_its_own_minimal_credentials(operator: Ope
 
     core = k8s.CoreV1Api(trainer.api_client)
     assert forbidden(lambda: trainer.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "neighbour"))
+    # RBAC lets the namespace's trainer account patch any FineTuneJob status; the policy does not
+    # (compiled asynchronously: dry runs, which admission sees and nothing stores, until it is in force).
+    wait_for(lambda: forbidden(lambda: trainer.patch_namespaced_custom_object_status(
+        GROUP, VERSION, NS, PLURAL, "neighbour", {"status": {"progress": {"step": 1}}}, dry_run="All")), 30,
+        "the status policy to refuse the trainer's patch of another FineTuneJob")
     assert forbidden(lambda: trainer.patch_namespaced_custom_object_status(
         GROUP, VERSION, NS, PLURAL, "neighbour", {"status": {"progress": {"step": 1}}}))
+    policy.remove()
+    assert "progress" not in (api.ftj("neighbour").get("status") or {})
     assert forbidden(lambda: trainer.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL))
     assert forbidden(lambda: trainer.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "progress",
                                                                     {"spec": {"suspend": True}}))
     assert forbidden(lambda: core.read_namespaced_secret("s3-creds", NS))
     assert forbidden(lambda: core.list_namespaced_secret(NS))
-    assert trainer.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "progress")["metadata"]["name"] == "progress"
+    assert forbidden(lambda: trainer.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "progress"))  # no reads at all
 
     # The trainer crashes and its last log line prints the credentials it got from the Secret; the
     # kubelet copies it into the pod status (FallbackToLogsOnError), where the operator reads the
     # last words it puts into status.message and Events. The value must not get any further.
-    pod = next(p for p in api.pods_of("progress") if p.status.phase == "Running")
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     last_words = (f"Traceback (most recent call last):\nbotocore.exceptions.ClientError: SignatureDoesNotMatch; "
                   f"env {{'AWS_ACCESS_KEY_ID': 'e2e', 'AWS_SECRET_ACCESS_KEY': '{SECRET_VALUE}'}}")

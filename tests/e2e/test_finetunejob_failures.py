@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 from kubernetes import client as k8s
 
+from kubetune.builders.trainer import CONFIG_ANNOTATION
 from tests.e2e.finetunejob_api import Api, create_tenant_namespace
 from tests.e2e.operator_process import OperatorProcess
 from tests.support import kwok
@@ -54,8 +55,9 @@ def wait_stalled(api: Api, name: str, reason: str) -> dict:
 
 
 def storage_uri(api: Api, name: str) -> str:
-    cm = wait_for(lambda: api.core.read_namespaced_config_map(f"{name}-train-config", NS), 30, "the trainer config")
-    return json.loads(cm.data["config.json"])["storageUri"]
+    # The trainer config rides in the Job's pod template, which the trainer reads through the downward API.
+    job = wait_for(lambda: api.job(name), 30, "the trainer Job")
+    return json.loads(job.spec.template.metadata.annotations[CONFIG_ANNOTATION])["storageUri"]
 
 
 def test_unschedulable_shows_the_schedulers_message(operator: OperatorProcess, api: Api):

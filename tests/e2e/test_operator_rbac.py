@@ -67,7 +67,7 @@ class Scenario:
         ns = self.ns
         ftj = lambda: self._get("finetunejobs", "train")  # noqa: E731
         return [
-            ("FineTuneJob: trainer ServiceAccount, Role, ConfigMap and Job created",
+            ("FineTuneJob: trainer identity (ServiceAccount, Role, RoleBinding) and Job created",
              lambda: (self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "finetunejobs", ftj_body("train", ns)),
                       self._wait(lambda: self.batch.read_namespaced_job("train-train", ns), "the trainer Job"))),
             ("FineTuneJob: status written", lambda: self._wait(lambda: ftj().get("status", {}).get("phase"), "a phase")),

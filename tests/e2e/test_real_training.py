@@ -3,8 +3,9 @@
 The operator runs as its own ServiceAccount (operator_process.py); the pod
 runner (tests/support/pod_runner) plays the kubelet for the trainer image, so
 every trainer pod is a real `kubetune trainer-run` process reading the
-operator's ConfigMap, the Secret's credentials and its own projected token,
-against moto S3 (or versitygw where the store must survive a restart).
+config the operator put in its pod annotation (a downwardAPI volume file), the
+Secret's credentials and its own projected token, against moto S3 (or versitygw
+where the store must survive a restart).
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ def test_tiny_job_trains_from_apply_to_succeeded(cluster: Cluster, bucket: str, 
     assert status["lastCheckpoint"]["step"] == STEPS
     assert status["progress"]["step"] == STEPS
     (pod,) = cluster.pods("tiny")
-    assert pod.spec.service_account_name == "tiny-trainer"
+    assert pod.spec.service_account_name == "kubetune-trainer"  # the namespace's trainer identity
     log = cluster.runner.logs(NS, pod.metadata.name)
     assert "could not report status" not in log, log[-2000:]
     assert trainer_exit(cluster.runner, pod.metadata.name) == 0

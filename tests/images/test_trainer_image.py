@@ -1,8 +1,8 @@
 """The trainer image, built from Dockerfile.trainer, runs its real entrypoint on a tiny CPU job.
 
 `kubetune trainer-run` (the image's ENTRYPOINT, no command given) reads $KUBETUNE_CONFIG as the
-operator writes it (build_trainer_config + build_configmap, mounted where the Job mounts the
-ConfigMap) with the env the operator's Job gives its container (build_job), as the image's USER,
+operator writes it (build_trainer_config, carried in the Job's pod annotation and written where the
+Job's downwardAPI volume puts it) with the env the Job gives its container (build_job), as the image's USER,
 on a read-only root with a tmpfs for the pod's /scratch emptyDir. Its network is a namespace of
 the test's own with only a loopback device: the S3 server (moto, on the host's loopback) is
 reachable there through a relay on the same port, and nothing else is.
@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from kubetune.api.manifest import load_manifest
-from kubetune.api.trainer_config import CONFIG_KEY, CONFIG_PATH
+from kubetune.api.trainer_config import CONFIG_PATH
 from kubetune.builders.common import Owner
-from kubetune.builders.trainer.config import build_configmap, build_trainer_config, effective_storage
+from kubetune.builders.trainer.config import CONFIG_ANNOTATION, build_trainer_config
 from kubetune.builders.trainer.job import build_job
 from kubetune.settings import OperatorSettings
 from tests.support.images_fixtures import Images
@@ -62,11 +62,13 @@ def test_trainer_image_runs_a_tiny_job_that_checkpoints_to_s3_with_only_loopback
     config = config.model_copy(update={"progress_reporter": "console"})
     config_dir = tmp_path / "config"
     config_dir.mkdir(mode=0o755)
-    (config_dir / CONFIG_KEY).write_text(build_configmap(owner, config)["data"][CONFIG_KEY])
-    (config_dir / CONFIG_KEY).chmod(0o644)
+    template = build_job(owner, config, settings)["spec"]["template"]
+    # What the kubelet makes of the Job's downwardAPI volume: the pod's config annotation as a file.
+    (item,) = next(v for v in template["spec"]["volumes"] if v["name"] == "config")["downwardAPI"]["items"]
+    (config_dir / item["path"]).write_text(template["metadata"]["annotations"][CONFIG_ANNOTATION])
+    (config_dir / item["path"]).chmod(0o644)
 
-    container = build_job(owner, manifest.spec, effective_storage(manifest.spec, settings), settings)[
-        "spec"]["template"]["spec"]["containers"][0]
+    container = template["spec"]["containers"][0]
     assert container["command"] == built_images.config(built_images.trainer)["Entrypoint"]
     env = [f"{e['name']}={e['value']}" for e in container["env"] if "value" in e]
     env += [f"{k}={v}" for k, v in CREDENTIALS.items()]  # the secretKeyRef credentials; the endpoint comes from the config

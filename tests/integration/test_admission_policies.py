@@ -24,7 +24,7 @@ from kubetune.api.modeldeployment import ModelDeploymentSpec
 from kubetune.builders.common import Owner
 from kubetune.builders.serving.deployment import build_serving_deployment
 from kubetune.builders.serving.revision import ServedRevision
-from kubetune.builders.trainer import build_job, build_trainer_rbac
+from kubetune.builders.trainer import TRAINER_ACCOUNT, build_job, build_trainer_config, build_trainer_identity
 from kubetune.finetunejob.status import OPERATOR_FIELDS
 from kubetune.guardrails import finetunejob_guardrail_problems
 from kubetune.k8s import resource_path
@@ -137,35 +137,104 @@ def refused(call) -> str:
 def test_the_chart_guards_exactly_the_operator_owned_status_fields():
     policy = next(d for d in helm_template("--show-only", "templates/policy-status.yaml")
                   if d["kind"] == "ValidatingAdmissionPolicy" and d["metadata"]["name"].endswith("finetunejob-status"))
-    guarded = {v["expression"].split("?status.?", 1)[1].split(" ", 1)[0] for v in policy["spec"]["validations"]}
+    guarded = {v["expression"].split("?status.?", 1)[1].split(" ", 1)[0] for v in policy["spec"]["validations"]
+               if "?status.?" in v["expression"]}
     aliases = {FineTuneJobStatus.model_fields[name].alias for name in OPERATOR_FIELDS}
     assert guarded == aliases
+    # The policy recognises the trainer by the account the operator runs trainer pods as.
+    trainer_user = next(v["expression"] for v in policy["spec"]["variables"] if v["name"] == "trainerUser")
+    assert f":{TRAINER_ACCOUNT}'" in trainer_user
+
+
+def _trainer_identity(cluster: Cluster) -> None:
+    """The namespace's trainer ServiceAccount, Role and RoleBinding, created by the operator's token
+    as in production (RBAC lets it grant only what it holds)."""
+    for obj in build_trainer_identity(cluster.ns):
+        try:
+            _create(cluster.operator, obj)
+        except ApiException as err:
+            if err.status != 409:
+                raise
+
+
+def _recorded_ftj(cluster: Cluster, name: str) -> Owner:
+    """A FineTuneJob whose status names its trainer Job, as the operator writes it once the Job exists."""
+    owner = Owner(name=name, namespace=cluster.ns, uid=cluster.ftj(name)["metadata"]["uid"])
+    cluster.custom(cluster.operator).patch_namespaced_custom_object_status(
+        GROUP, VERSION, cluster.ns, "finetunejobs", name,
+        {"status": {"phase": "Running", "message": "training", "trainerJob": owner.job_name}})
+    return owner
+
+
+def _pod_token(cluster: Cluster, pod_name: str) -> k8s.CustomObjectsApi:
+    """The token a kubelet would give a pod of that name running as the trainer account."""
+    pod = k8s.CoreV1Api(cluster.admin).create_namespaced_pod(cluster.ns, {
+        "metadata": {"name": pod_name},
+        "spec": {"serviceAccountName": TRAINER_ACCOUNT, "automountServiceAccountToken": False,
+                 "containers": [{"name": "trainer", "image": "registry.corp/kubetune/trainer:1"}]}})
+    api = service_account_client(cluster.cp, cluster.ns, TRAINER_ACCOUNT, create=False,
+                                 bound_pod=(pod.metadata.name, pod.metadata.uid))
+    return cluster.custom(api)
+
+
+def _status(cluster: Cluster, name: str) -> dict:
+    return cluster.custom(cluster.operator).get_namespaced_custom_object(
+        GROUP, VERSION, cluster.ns, "finetunejobs", name)["status"]
 
 
 def test_the_trainer_token_patches_progress_but_not_the_operators_fields(cluster: Cluster):
-    ftj = cluster.ftj("owned")
-    owner = Owner(name="owned", namespace=cluster.ns, uid=ftj["metadata"]["uid"])
-    for obj in build_trainer_rbac(owner):  # created by the operator's token, as in production
-        _create(cluster.operator, obj)
-    operator = cluster.custom(cluster.operator)
-    operator.patch_namespaced_custom_object_status(GROUP, VERSION, cluster.ns, "finetunejobs", "owned",
-                                                   {"status": {"phase": "Running", "message": "training"}})
-    trainer_api = service_account_client(cluster.cp, cluster.ns, owner.service_account_name, create=False)
-    trainer = cluster.custom(trainer_api)
+    _trainer_identity(cluster)
+    owner = _recorded_ftj(cluster, "owned")
+    trainer = _pod_token(cluster, f"{owner.job_name}-b2x7q")
     KubernetesStatusReporter("owned", cluster.ns, api=trainer).report(Progress(step=3, total_steps=10, percent=30), force=True)
-    status = operator.get_namespaced_custom_object(GROUP, VERSION, cluster.ns, "finetunejobs", "owned")["status"]
+    status = _status(cluster, "owned")
     assert status["progress"]["step"] == 3 and status["phase"] == "Running"
     for field, value in [("phase", "Succeeded"), ("message", "all good"), ("observedGeneration", 9),
                          ("conditions", [{"type": "Ready", "status": "True", "reason": "Forged", "message": "",
                                           "lastTransitionTime": "2024-01-01T00:00:00Z"}]),
-                         ("artifacts", {"adapterUri": "s3://elsewhere/adapter"})]:
+                         ("artifacts", {"adapterUri": "s3://elsewhere/adapter"}), ("trainerJob", "other-train")]:
         message = refused(lambda: trainer.patch_namespaced_custom_object_status(
             GROUP, VERSION, cluster.ns, "finetunejobs", "owned", {"status": {field: value}}))
         assert f"status.{field} of a FineTuneJob is written only by the kubetune operator" in message
     # Removing a field is a change too.
     refused(lambda: trainer.patch_namespaced_custom_object_status(
         GROUP, VERSION, cluster.ns, "finetunejobs", "owned", {"status": {"phase": None}}))
-    assert operator.get_namespaced_custom_object(GROUP, VERSION, cluster.ns, "finetunejobs", "owned")["status"]["phase"] == "Running"
+    assert _status(cluster, "owned")["phase"] == "Running"
+
+
+def test_a_trainer_token_writes_only_the_finetunejob_whose_job_runs_its_pod(cluster: Cluster):
+    """One trainer account serves the namespace; the status policy keeps each token to its own job."""
+    _trainer_identity(cluster)
+    mine = _recorded_ftj(cluster, "mine")
+    _recorded_ftj(cluster, "other")
+    # "mine-train-x"'s Job is "mine-train-x-train": its pods' names start with "mine-train-" too.
+    lookalike = _recorded_ftj(cluster, "mine-train-x")
+    progress = {"status": {"progress": {"step": 1, "totalSteps": 10, "percent": 10}}}
+
+    def patch(api: k8s.CustomObjectsApi, name: str) -> None:
+        api.patch_namespaced_custom_object_status(GROUP, VERSION, cluster.ns, "finetunejobs", name, progress)
+
+    single, rank1 = _pod_token(cluster, f"{mine.job_name}-k9t2m"), _pod_token(cluster, f"{mine.job_name}-1-x4z7r")
+    patch(single, "mine")
+    patch(rank1, "mine")  # an Indexed Job's pod: "<job>-<index>-<random>"
+    assert _status(cluster, "mine")["progress"]["step"] == 1
+    message = refused(lambda: patch(single, "other"))
+    assert f"the trainer token of pod {mine.job_name}-k9t2m may write the status of the FineTuneJob" in message
+    refused(lambda: patch(_pod_token(cluster, f"{lookalike.job_name}-q2w5z"), "mine"))
+    assert "progress" not in _status(cluster, "other")
+    # Reads are not admission-checked, so the Role grants none: 403 from RBAC, even for its own.
+    for call in (lambda: single.get_namespaced_custom_object(GROUP, VERSION, cluster.ns, "finetunejobs", "mine"),
+                 lambda: single.get_namespaced_custom_object_status(GROUP, VERSION, cluster.ns, "finetunejobs", "other"),
+                 lambda: single.list_namespaced_custom_object(GROUP, VERSION, cluster.ns, "finetunejobs")):
+        with pytest.raises(ApiException) as err:
+            call()
+        assert err.value.status == 403
+    # Not bound to a pod (someone allowed to mint tokens for the account): nothing to tie it to.
+    unbound = cluster.custom(service_account_client(cluster.cp, cluster.ns, TRAINER_ACCOUNT, create=False))
+    assert "(none: not a pod-bound token)" in refused(lambda: patch(unbound, "mine"))
+    # A FineTuneJob whose trainer Job the operator has not recorded yet accepts no trainer writes.
+    cluster.ftj("unrecorded")
+    refused(lambda: patch(_pod_token(cluster, "unrecorded-train-p5s8d"), "unrecorded"))
 
 
 def test_only_the_operator_writes_modeldeployment_status(cluster: Cluster):
@@ -196,22 +265,22 @@ def trainer_job(cluster: Cluster, name: str, real_owner: bool = False) -> tuple[
                                            "storage": {"uri": "s3://runs"}})
     uid = cluster.ftj(name)["metadata"]["uid"] if real_owner else str(uuid.uuid4())
     owner = Owner(name=name, namespace=cluster.ns, uid=uid)
-    return owner, build_job(owner, spec, spec.storage, SETTINGS)
+    return owner, build_job(owner, build_trainer_config(owner, spec, SETTINGS), SETTINGS)
 
 
-@pytest.mark.parametrize("name", ["short", "a-finetunejob-name-long-enough-that-its-trainer-account-is-hashed"])
-def test_the_operator_creates_trainer_jobs_that_run_as_their_own_account(cluster: Cluster, name: str):
+@pytest.mark.parametrize("name", ["short", "a-finetunejob-name-long-enough-that-its-trainer-job-name-is-hashed"])
+def test_the_operator_creates_trainer_jobs_that_run_as_the_trainer_account(cluster: Cluster, name: str):
     owner, job = trainer_job(cluster, name)
-    assert len(name) <= 55 or "-trainer" in owner.service_account_name  # the hashed form is covered
+    assert job["spec"]["template"]["spec"]["serviceAccountName"] == TRAINER_ACCOUNT
     _create(cluster.operator, job, dry_run=True)
 
 
-@pytest.mark.parametrize("account", ["default", "cluster-admin-sa", "other-trainer"])
+@pytest.mark.parametrize("account", ["default", "cluster-admin-sa", "victim-trainer"])
 def test_the_operator_token_cannot_run_a_job_as_another_account(cluster: Cluster, account: str):
     _, job = trainer_job(cluster, "victim")
     job["spec"]["template"]["spec"]["serviceAccountName"] = account
     message = refused(lambda: _create(cluster.operator, job, dry_run=True))
-    assert "runs as its FineTuneJob's own ServiceAccount victim-trainer" in message
+    assert f'runs as the namespace\'s trainer ServiceAccount {TRAINER_ACCOUNT}, not "{account}"' in message
 
 
 def test_the_operator_token_cannot_use_the_deprecated_account_field_or_drop_the_owner(cluster: Cluster):

@@ -12,7 +12,7 @@ from kubernetes import client as k8s
 
 from kubetune.api.finetunejob import FineTuneJobSpec, LoraSpec
 from kubetune.builders.common import Owner
-from kubetune.builders.trainer import build_job, effective_storage
+from kubetune.builders.trainer import build_job, build_trainer_config
 from kubetune.settings import OperatorSettings
 from tests.support.controlplane import ControlPlane
 from tests.support.invalid_manifests import InvalidCase, load_cases
@@ -93,7 +93,7 @@ def _trainer_job(spec: dict) -> dict:
     typed = FineTuneJobSpec.model_validate(spec)
     settings = OperatorSettings(trainer_image="trainer:probe")
     owner = Owner(name="probe", namespace="default", uid="00000000-0000-0000-0000-000000000001")
-    return build_job(owner, typed, effective_storage(typed, settings), settings)
+    return build_job(owner, build_trainer_config(owner, typed, settings), settings)
 
 
 @pytest.mark.parametrize("probe", PROBES, ids=[p.id for p in PROBES])

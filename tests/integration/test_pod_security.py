@@ -11,8 +11,8 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from kubetune.api.finetunejob import FineTuneJobSpec, StorageSpec
-from kubetune.builders.trainer import build_job
+from kubetune.api.finetunejob import FineTuneJobSpec
+from kubetune.builders.trainer import build_job, build_trainer_config
 from kubetune.builders.common import Owner
 from kubetune.settings import OperatorSettings
 from tests.support.controlplane import ControlPlane
@@ -57,7 +57,8 @@ def test_trainer_pod_is_restricted(kube_api: ControlPlane, restricted_ns: str, n
         "storage": {"uri": "s3://runs", "credentialsSecret": {"name": "s3-creds"}},
     })
     owner = Owner(name="ps-check", namespace=restricted_ns, uid=str(uuid.uuid4()))
-    job = build_job(owner, spec, spec.storage or StorageSpec(uri="s3://runs"), OperatorSettings())
+    settings = OperatorSettings()
+    job = build_job(owner, build_trainer_config(owner, spec, settings), settings)
     create_pod_dry_run(kube_api, restricted_ns, job["spec"]["template"]["spec"])
 
 

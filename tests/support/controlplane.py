@@ -206,9 +206,12 @@ class ControlPlane:
 
 
 def service_account_client(cluster: ControlPlane, namespace: str, name: str,
-                           expiration_seconds: int = 3600, create: bool = True) -> k8s.ApiClient:
+                           expiration_seconds: int = 3600, create: bool = True,
+                           bound_pod: tuple[str, str] | None = None) -> k8s.ApiClient:
     """An ApiClient that authenticates as ServiceAccount namespace/name (TokenRequest API),
-    so a test exercises the RBAC it grants rather than cluster-admin."""
+    so a test exercises the RBAC it grants rather than cluster-admin. `bound_pod`: (name, uid)
+    of a pod running as that account: the token is bound to it, as a kubelet's is, and the
+    apiserver names the pod in the request's user info."""
     admin = cluster.api_client()
     core = k8s.CoreV1Api(admin)
     if create:
@@ -220,7 +223,9 @@ def service_account_client(cluster: ControlPlane, namespace: str, name: str,
     token = core.create_namespaced_service_account_token(
         name, namespace,
         k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(
-            audiences=[SERVICE_ACCOUNT_ISSUER], expiration_seconds=expiration_seconds)),
+            audiences=[SERVICE_ACCOUNT_ISSUER], expiration_seconds=expiration_seconds,
+            bound_object_ref=k8s.V1BoundObjectReference(api_version="v1", kind="Pod", name=bound_pod[0],
+                                                        uid=bound_pod[1]) if bound_pod else None)),
     ).status.token
     cfg = k8s.Configuration()
     cfg.host = cluster.server

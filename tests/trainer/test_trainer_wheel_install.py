@@ -39,7 +39,7 @@ def test_trainer_entry_point_from_a_clean_trainer_venv(tiny_model, tiny_data, tm
                              expect_kind="FineTuneJob")
     run = tmp_path / "run"
     config = tmp_path / "config.json"
-    # As the operator's ConfigMap carries it (builders/trainer/config.py build_configmap).
+    # As the operator's pod annotation carries it (builders/trainer/config.py config_annotation_value).
     config.write_text(json.dumps(TrainerConfig(job_name=manifest.name, namespace=manifest.namespace, storage_uri=str(run),
                                                progress_reporter="console", spec=manifest.spec).to_wire()))
     env = venv.env(KUBETUNE_CONFIG=str(config), KUBETUNE_WORK_DIR=str(tmp_path / "work"),

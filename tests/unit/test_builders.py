@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from kubetune.api import FineTuneJobSpec
-from kubetune.api.trainer_config import CONFIG_KEY, TrainerConfig
+from kubetune.api.trainer_config import CONFIG_PATH, TrainerConfig
 from kubetune.builders.common import MAX_JOB_NAME, Owner
 from kubetune.builders.trainer.job import GANG_RULE_CAUSES
 from kubetune.builders.trainer import (
-    build_configmap,
+    CONFIG_ANNOTATION,
     build_headless_service,
     build_job,
     build_trainer_config,
-    build_trainer_rbac,
+    build_trainer_identity,
+    TRAINER_ACCOUNT,
     cluster_spec_problems,
-    effective_storage,
+    config_annotation_value,
 )
 from kubetune.settings import OperatorSettings
 
@@ -40,7 +39,7 @@ def make_spec(**overrides) -> FineTuneJobSpec:
 
 
 def job_for(spec: FineTuneJobSpec, owner: Owner = OWNER) -> dict:
-    return build_job(owner, spec, effective_storage(spec, SETTINGS), SETTINGS)
+    return build_job(owner, build_trainer_config(owner, spec, SETTINGS), SETTINGS)
 
 
 def container(job: dict) -> dict:
@@ -52,7 +51,7 @@ def env_of(job: dict) -> dict[str, dict]:
     return {e["name"]: e for e in container(job)["env"]}
 
 
-# -- the trainer config and its ConfigMap ----------------------------------------------------------
+# -- the trainer config (carried by the Job: tests/unit/test_trainer_config_annotation.py) ----------
 
 def test_trainer_config_resolves_storage_and_round_trips():
     spec = make_spec()
@@ -61,10 +60,9 @@ def test_trainer_config_resolves_storage_and_round_trips():
     assert config.storage_endpoint == "http://minio:9000"
     assert config.progress_reporter == "kubernetes"
     assert config.job_uid == OWNER.uid
-    cm = build_configmap(OWNER, config)
-    # The trainer reads the same typed model back.
-    again = TrainerConfig.model_validate(json.loads(cm["data"][CONFIG_KEY]))
-    assert again == config
+    # The trainer reads the same typed model back from the Job's pod annotation.
+    annotation = job_for(spec)["spec"]["template"]["metadata"]["annotations"][CONFIG_ANNOTATION]
+    assert TrainerConfig.model_validate_json(annotation) == config
 
 
 def test_default_storage_from_operator_settings():
@@ -74,7 +72,7 @@ def test_default_storage_from_operator_settings():
     config = build_trainer_config(OWNER, spec, settings)
     assert config.storage_uri == f"s3://platform/ft/team-a/support-bot/{OWNER.uid}"
     assert config.storage_region == "eu-west-1"
-    job = build_job(OWNER, spec, effective_storage(spec, settings), settings)
+    job = build_job(OWNER, config, settings)
     assert env_of(job)["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "platform-s3"
 
 
@@ -92,9 +90,8 @@ def test_cluster_spec_problems_name_the_field():
     assert cluster_spec_problems(make_spec(), SETTINGS) == []
 
 
-def test_configmap_holds_no_secret_values():
-    cm = build_configmap(OWNER, build_trainer_config(OWNER, make_spec(), SETTINGS))
-    text = json.dumps(cm)
+def test_config_annotation_holds_no_secret_values():
+    text = config_annotation_value(build_trainer_config(OWNER, make_spec(), SETTINGS))
     assert "s3-creds" in text  # the Secret's name is fine ...
     for word in ("AWS_SECRET_ACCESS_KEY", "secretKeyRef", SECRET_VALUE):
         assert word not in text  # ... its keys and values are not there
@@ -154,7 +151,7 @@ def test_shm_is_memory_backed_and_sized():
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "16Gi"}
     mounts = {m["mountPath"]: m["name"] for m in container(job)["volumeMounts"]}
     assert mounts["/dev/shm"] == "dshm"
-    assert volumes["config"]["configMap"]["name"] == OWNER.configmap_name
+    assert mounts[CONFIG_PATH.rsplit("/", 1)[0]] == "config" and "downwardAPI" in volumes["config"]
 
 
 def test_multi_node_is_indexed_with_rank_wiring():
@@ -220,8 +217,9 @@ def test_multi_node_failure_fails_the_whole_attempt():
 
 def test_a_later_attempt_gets_what_is_left_of_the_deadline():
     spec = make_spec(activeDeadlineSeconds=3600, resources={"nodes": 2, "gpusPerNode": 1})
-    assert build_job(OWNER, spec, effective_storage(spec, SETTINGS), SETTINGS)["spec"]["activeDeadlineSeconds"] == 3600
-    later = build_job(OWNER, spec, effective_storage(spec, SETTINGS), SETTINGS, deadline_seconds=600)
+    config = build_trainer_config(OWNER, spec, SETTINGS)
+    assert build_job(OWNER, config, SETTINGS)["spec"]["activeDeadlineSeconds"] == 3600
+    later = build_job(OWNER, config, SETTINGS, deadline_seconds=600)
     assert later["spec"]["activeDeadlineSeconds"] == 600
 
 
@@ -234,7 +232,7 @@ def test_pod_security_restricted():
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     # Only volume types the restricted profile allows.
-    assert all(set(v) - {"name"} <= {"configMap", "emptyDir"} for v in pod["volumes"])
+    assert all(set(v) - {"name"} <= {"downwardAPI", "emptyDir"} for v in pod["volumes"])
     assert not any(k in pod for k in ("hostNetwork", "hostPID", "hostIPC"))
 
 
@@ -253,9 +251,7 @@ def test_owner_references_and_labels_on_every_child():
     spec = make_spec(resources={"nodes": 2, "gpusPerNode": 1})
     children = [
         job_for(spec),
-        build_configmap(OWNER, build_trainer_config(OWNER, spec, SETTINGS)),
         build_headless_service(OWNER, SETTINGS),
-        *build_trainer_rbac(OWNER),
     ]
     for obj in children:
         meta = obj["metadata"]
@@ -276,21 +272,21 @@ def test_names_are_deterministic_and_fit():
     assert len(long.job_name) <= MAX_JOB_NAME and long.job_name.endswith("-train")
     assert long.job_name != other.job_name  # the hash keeps long names apart
     assert all(len(v) <= 63 for v in long.labels().values())
-    assert len(long.service_account_name) <= 63
     assert OWNER.job_name == "support-bot-train"
     assert job_for(make_spec()) == job_for(make_spec())
 
 
 # -- the trainer's RBAC -----------------------------------------------------------------------------
 
-def test_trainer_rbac_is_limited_to_its_own_finetunejob():
-    sa, role, binding = build_trainer_rbac(OWNER)
+def test_the_trainer_identity_may_only_patch_finetunejob_status():
+    """One per namespace; the chart's status policy narrows it to one FineTuneJob per pod
+    (tests/integration/test_admission_policies.py)."""
+    sa, role, binding = build_trainer_identity("team-a")
+    assert [o["metadata"]["name"] for o in (sa, role, binding)] == [TRAINER_ACCOUNT] * 3
+    assert all(o["metadata"]["namespace"] == "team-a" and "ownerReferences" not in o["metadata"]
+               and o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubetune-operator" for o in (sa, role, binding))
     assert sa["kind"] == "ServiceAccount" and sa["automountServiceAccountToken"] is False
-    assert role["rules"] == [
-        {"apiGroups": ["kubetune.io"], "resources": ["finetunejobs"], "resourceNames": ["support-bot"], "verbs": ["get"]},
-        {"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"], "resourceNames": ["support-bot"],
-         "verbs": ["get", "patch"]},
-    ]
+    assert role["rules"] == [{"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"], "verbs": ["patch"]}]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "team-a"}]
     pod = job_for(make_spec())["spec"]["template"]["spec"]

@@ -45,7 +45,7 @@ def child(kind: str, name: str, controller: dict | None) -> dict:
 
 def test_only_children_this_incarnation_controls_are_used():
     assert not_ours(child("Job", "bot-train", {"kind": "FineTuneJob", "name": "bot", "uid": AGAIN.uid}), AGAIN) is None
-    previous = not_ours(child("ConfigMap", "bot-train-config", {"kind": "FineTuneJob", "name": "bot", "uid": FIRST.uid}), AGAIN)
+    previous = not_ours(child("Service", "bot-train", {"kind": "FineTuneJob", "name": "bot", "uid": FIRST.uid}), AGAIN)
     assert previous.reason == "PreviousRunTerminating" and FIRST.uid in previous.message
     for foreign in (child("Job", "bot-train", None),
                     child("Job", "bot-train", {"kind": "FineTuneJob", "name": "other", "uid": FIRST.uid}),

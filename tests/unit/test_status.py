@@ -162,7 +162,7 @@ def test_status_patch_names_only_operator_fields():
     st = derive(job(active=1, ready=1), previous=FineTuneJobStatus(progress=Progress(step=1)))
     body = status_patch(st)["status"]
     assert set(body) == {"phase", "observedGeneration", "conditions", "message", "attempts", "attemptStartTime",
-                         "failedAttempts", "lastFailedJobUid", "artifacts", "startTime", "completionTime"}
+                         "failedAttempts", "lastFailedJobUid", "trainerJob", "artifacts", "startTime", "completionTime"}
     assert "progress" not in body  # the trainer's field is never overwritten
     assert body["artifacts"] is None  # null clears in a merge patch
 

@@ -356,6 +356,9 @@ class FineTuneJobStatus(KubeModel):
     last_failed_job_uid: str | None = Field(
         None, description="Several nodes: the uid of the newest trainer Job whose failure the operator handled "
                           "(counted, restarted as a gang or failed the job); each is handled once.")
+    trainer_job: str | None = Field(
+        None, description="The name of the trainer Job; only tokens of its pods may write the trainer's status "
+                          "fields (progress, dataset, lastCheckpoint, evaluation).")
     artifacts: Artifacts | None = Field(None, description="Output locations.")
     evaluation: EvaluationSummary | None = Field(None, description="Base vs tuned summary.")
     start_time: datetime | None = Field(None, description="When training first started.")

@@ -1,7 +1,8 @@
 """The contract between the operator and the trainer.
 
-The operator renders a TrainerConfig into a ConfigMap mounted at
-CONFIG_PATH; the trainer reads it back with the same model. Exit codes tell
+The operator renders a TrainerConfig into an annotation of the trainer pod
+template, which a downwardAPI volume writes to CONFIG_PATH; the trainer reads
+it back with the same model. Exit codes tell
 the Job's podFailurePolicy what happened.
 """
 
@@ -14,7 +15,6 @@ from .finetunejob import FineTuneJobSpec
 
 CONFIG_ENV = "KUBETUNE_CONFIG"          # path of the rendered TrainerConfig (JSON)
 CONFIG_PATH = "/etc/kubetune/config.json"
-CONFIG_KEY = "config.json"              # key in the ConfigMap
 
 EXIT_OK = 0
 EXIT_FAILED = 1          # a bug or an unexpected error: counts against backoffLimit

@@ -59,15 +59,6 @@ class Owner:
         # Same as the Job: pods of an Indexed Job are reachable as <job>-<i>.<service>.
         return self.job_name
 
-    @property
-    def configmap_name(self) -> str:
-        return fit(self.name, "-train-config")
-
-    @property
-    def service_account_name(self) -> str:
-        # Also the Role and RoleBinding name.
-        return fit(self.name, "-trainer")
-
     def labels(self) -> dict[str, str]:
         return {
             "app.kubernetes.io/name": f"kubetune-{self.component}",

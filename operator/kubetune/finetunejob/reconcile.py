@@ -17,11 +17,9 @@ from kubetune.api.finetunejob import SPEC_DIGEST_ANNOTATION, spec_digest
 from kubetune.api.resources import FINETUNEJOB
 from kubetune.builders.common import Owner
 from kubetune.builders.trainer import (
-    build_configmap,
     build_headless_service,
     build_job,
     build_trainer_config,
-    build_trainer_rbac,
     cluster_spec_problems,
     effective_storage,
     run_storage_uri,
@@ -29,6 +27,7 @@ from kubetune.builders.trainer import (
 from kubetune.context import Context
 from kubetune.k8s import Rejected
 from kubetune.metrics import PHASE_BOOK
+from kubetune.finetunejob.identity import ensure_trainer_identity
 from kubetune.finetunejob.kueue import read_kueue_wait
 from kubetune.finetunejob.gang import NOT_COUNTED, GangOutcome, all_ranks_stopped, deadline_left
 from kubetune.finetunejob.status import TERMINAL, Blocker, Observed, derive_status, observed_gang_outcome, status_patch
@@ -84,9 +83,12 @@ def _live_pods_of_previous_job(ctx: Context, owner: Owner) -> Blocker | None:
 
 def _ensure_children(ctx: Context, owner: Owner, spec: FineTuneJobSpec,
                      previous: FineTuneJobStatus) -> tuple[dict | None, Blocker | None]:
-    """Create whatever is missing, the Job last: a Job implies its config, Service and RBAC exist.
-    Returns the Job, or why it was not created (a child of someone else holds a name, old pods still run)."""
-    children = [*build_trainer_rbac(owner), build_configmap(owner, build_trainer_config(owner, spec, ctx.settings))]
+    """Create whatever is missing, the Job last: a Job implies its Service and the namespace's
+    trainer identity exist (the trainer config rides in the Job's pod template). Returns the Job, or why it was not created (a child of
+    someone else holds a name, old pods still run)."""
+    if (blocker := ensure_trainer_identity(ctx, owner.namespace)) is not None:
+        return None, blocker
+    children = []
     if spec.resources.nodes > 1:
         children.append(build_headless_service(owner, ctx.settings))
     for obj in children:
@@ -97,7 +99,7 @@ def _ensure_children(ctx: Context, owner: Owner, spec: FineTuneJobSpec,
         return None, blocker
     deadline = deadline_left(spec.active_deadline_seconds, previous, datetime.now(timezone.utc))
     job, _ = ctx.kube.create_if_absent(_with_spec_digest(
-        build_job(owner, spec, effective_storage(spec, ctx.settings), ctx.settings, deadline), spec))
+        build_job(owner, build_trainer_config(owner, spec, ctx.settings), ctx.settings, deadline), spec))
     blocker = not_ours(job, owner)
     return (None, blocker) if blocker else (job, None)
 

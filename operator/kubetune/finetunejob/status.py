@@ -21,7 +21,7 @@ from .podfailure import describe_pod_failure, terminated
 
 OPERATOR_FIELDS = frozenset(
     {"phase", "observed_generation", "conditions", "message", "attempts", "attempt_start_time", "failed_attempts",
-     "last_failed_job_uid", "artifacts", "start_time", "completion_time"}
+     "last_failed_job_uid", "trainer_job", "artifacts", "start_time", "completion_time"}
 )
 TERMINAL = frozenset({"Succeeded", "Failed"})
 MAX_MESSAGE = 1024
@@ -255,6 +255,7 @@ def derive_status(obs: Observed) -> FineTuneJobStatus:
         attempt_start_time=attempt_start,
         failed_attempts=failed_attempts,
         last_failed_job_uid=last_failed_job_uid,
+        trainer_job=obs.job["metadata"]["name"] if obs.job is not None else prev.trainer_job,
         artifacts=artifacts_for(obs.storage_uri, obs.spec) if phase == "Succeeded" and obs.storage_uri else prev.artifacts,
         start_time=prev.start_time or job_status.get("startTime"),
         completion_time=completion,

@@ -1,16 +1,34 @@
-"""The trainer's typed config and the ConfigMap that carries it into the pod."""
+"""The trainer's typed config, and the pod annotation that carries it into the trainer pod.
+
+The rendered TrainerConfig rides in an annotation of the Job's pod template, which
+a downwardAPI volume item writes to CONFIG_PATH (builders/trainer/job.py): no
+per-job ConfigMap to create. A Job's pod template is immutable, so the config is
+fixed when the Job is created.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from kubetune.api.common import SecretRef
 from kubetune.api.finetunejob import FineTuneJobSpec, StorageSpec
-from kubetune.api.trainer_config import CONFIG_KEY, TrainerConfig, run_root
+from kubetune.api.trainer_config import TrainerConfig, run_root
 from kubetune.guardrails import finetunejob_guardrail_problems
 from kubetune.settings import OperatorSettings
 
 from ..common import Owner
+
+CONFIG_ANNOTATION = "kubetune.io/trainer-config"
+# The apiserver refuses an object whose annotations (keys and values) exceed 256 KiB in total. The
+# config gets all but 32 KiB of that: the rest of the pod's annotations (the Job controller's completion
+# index, Kueue's, a service mesh injector's) share the same budget. The Job carries the same template,
+# far below its ~1.5 MiB request limit. A spec can get there: spec.lora.targetModules takes 64 entries
+# of any length, so cluster_spec_problems checks the size before a Job is built.
+MAX_CONFIG_ANNOTATION_BYTES = 256 * 1024 - 32 * 1024
+# The longest name (DNS subdomain), namespace (DNS label) and uid any FineTuneJob can have: the size
+# check holds whichever FineTuneJob the spec belongs to.
+_WIDEST_OWNER = Owner(name="n" * 253, namespace="s" * 63, uid="u" * 36)
 
 
 def effective_storage(spec: FineTuneJobSpec, settings: OperatorSettings) -> StorageSpec | None:
@@ -42,7 +60,8 @@ def cluster_spec_problems(spec: FineTuneJobSpec, settings: OperatorSettings) -> 
     """What in an otherwise valid spec cannot work on a cluster, each with its field path.
 
     Relative paths are fine for `kubetune train` on a laptop (resolved against the
-    manifest's directory) but mean nothing inside a trainer pod.
+    manifest's directory) but mean nothing inside a trainer pod; a config too large for
+    its pod annotation could not reach the trainer at all.
     """
     problems = []
     locations = {
@@ -62,8 +81,38 @@ def cluster_spec_problems(spec: FineTuneJobSpec, settings: OperatorSettings) -> 
             "spec.storage: not set and the operator has no default storage "
             "(KUBETUNE_DEFAULT_STORAGE_URI); set spec.storage.uri to an s3:// prefix"
         )
+    else:
+        problems += config_size_problems(build_trainer_config(_WIDEST_OWNER, spec, settings))
     problems += finetunejob_guardrail_problems(spec, settings)  # the platform team's allow-lists
     return problems
+
+
+def config_annotation_value(config: TrainerConfig) -> str:
+    """The config as the trainer reads it (JSON, TrainerConfig's wire form); compact, as it counts
+    against the pod's annotation budget. Holds names and URIs only: credentials reach the pod as
+    secretKeyRef env vars."""
+    return json.dumps(config.to_wire(), sort_keys=True, separators=(",", ":"))
+
+
+def config_size_problems(config: TrainerConfig) -> list[str]:
+    """Why the config cannot ride in the pod annotation (too large), naming the spec's largest field."""
+    size = len(config_annotation_value(config).encode())
+    if size <= MAX_CONFIG_ANNOTATION_BYTES:
+        return []
+    field, field_size = _largest_field(config.spec.to_wire(), "spec")
+    return [f"{field}: {field_size} bytes, the largest field of a trainer config of {size} bytes; the config "
+            f"rides in the trainer pod's annotation {CONFIG_ANNOTATION}, which can hold {MAX_CONFIG_ANNOTATION_BYTES} "
+            "bytes (Kubernetes allows 256 KiB of annotations per object): shorten it"]
+
+
+def _largest_field(wire: dict[str, Any], path: str) -> tuple[str, int]:
+    """The path and JSON size of the largest non-object value under `wire` (a list counts as one)."""
+    best = (path, 0)
+    for key, value in wire.items():
+        here = f"{path}.{key}"
+        found = _largest_field(value, here) if isinstance(value, dict) else (here, len(json.dumps(value).encode()))
+        best = max(best, found, key=lambda f: f[1])
+    return best
 
 
 def build_trainer_config(owner: Owner, spec: FineTuneJobSpec, settings: OperatorSettings) -> TrainerConfig:
@@ -83,12 +132,3 @@ def build_trainer_config(owner: Owner, spec: FineTuneJobSpec, settings: Operator
         spec=spec.model_copy(update={"storage": storage}),
     )
 
-
-def build_configmap(owner: Owner, config: TrainerConfig) -> dict:
-    # Holds names and URIs only: credentials reach the pod as secretKeyRef env vars.
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": owner.metadata(owner.configmap_name),
-        "data": {CONFIG_KEY: json.dumps(config.to_wire(), indent=2, sort_keys=True)},
-    }

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from kubetune.api.finetunejob import FineTuneJobSpec, StorageSpec
-from kubetune.api.trainer_config import CONFIG_ENV, CONFIG_KEY, CONFIG_PATH, EXIT_BAD_INPUT, EXIT_PREEMPTED
+from kubetune.api.trainer_config import CONFIG_ENV, CONFIG_PATH, EXIT_BAD_INPUT, EXIT_PREEMPTED, TrainerConfig
 from kubetune.settings import OperatorSettings
 
+from .config import CONFIG_ANNOTATION, config_annotation_value
+from .rbac import TRAINER_ACCOUNT
 from ..common import Owner, aws_credentials_env, restricted_container_security, restricted_pod_security, secret_env
 
 CONTAINER = "trainer"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 SCRATCH = "/scratch"
+CONFIG_DIR, CONFIG_FILE = CONFIG_PATH.rsplit("/", 1)
 
 
 def failure_policy() -> dict:
@@ -95,7 +98,10 @@ def _resources(spec: FineTuneJobSpec) -> dict:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _pod_spec(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, settings: OperatorSettings) -> dict:
+def _pod_spec(owner: Owner, config: TrainerConfig, settings: OperatorSettings) -> dict:
+    spec, storage = config.spec, config.spec.storage
+    if storage is None:
+        raise ValueError("config.spec.storage is not resolved: build the config with build_trainer_config")
     res = spec.resources
     env = [
         {"name": CONFIG_ENV, "value": CONFIG_PATH},
@@ -115,7 +121,7 @@ def _pod_spec(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, setting
         "env": env,
         "resources": _resources(spec),
         "volumeMounts": [
-            {"name": "config", "mountPath": CONFIG_PATH.rsplit("/", 1)[0], "readOnly": True},
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "scratch", "mountPath": SCRATCH},
         ],
@@ -126,14 +132,18 @@ def _pod_spec(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, setting
     }
     pod = {
         "restartPolicy": "Never",  # required by podFailurePolicy; retries are new pods (one node) or new Jobs (a gang)
-        "serviceAccountName": owner.service_account_name,
-        # The token is mounted only here, for the progress reporter (see build_trainer_rbac).
+        "serviceAccountName": TRAINER_ACCOUNT,
+        # The token is mounted only here, for the progress reporter (see rbac.py).
         "automountServiceAccountToken": True,
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
         "securityContext": restricted_pod_security(settings.trainer_uid),
         "containers": [container],
         "volumes": [
-            {"name": "config", "configMap": {"name": owner.configmap_name, "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}]}},
+            # The config, from the pod's own annotation (the template's, see build_job). Jobs made by
+            # an operator before this one mount a ConfigMap <name>-train-config here instead; it keeps
+            # existing, owned by the FineTuneJob, so they need nothing.
+            {"name": "config", "downwardAPI": {"items": [
+                {"path": CONFIG_FILE, "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"}}]}},
             # NCCL and data loader workers share memory through /dev/shm; the default 64Mi is far too small.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.shm_size}},
             {"name": "scratch", "emptyDir": {}},
@@ -150,10 +160,13 @@ def _pod_spec(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, setting
     return pod
 
 
-def build_job(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, settings: OperatorSettings,
+def build_job(owner: Owner, config: TrainerConfig, settings: OperatorSettings,
               deadline_seconds: int | None = None) -> dict:
-    """The trainer Job. `deadline_seconds`: what is left of spec.activeDeadlineSeconds for this
-    attempt (a gang restart's Job must not get the whole budget again); None: the spec's."""
+    """The trainer Job, running `config` (build_trainer_config: its spec has storage resolved), which
+    its pod template carries in an annotation. `deadline_seconds`: what is left of
+    spec.activeDeadlineSeconds for this attempt (a gang restart's Job must not get the whole budget
+    again); None: the spec's."""
+    spec = config.spec
     nodes = spec.resources.nodes
     gang = nodes > 1
     job_labels = {QUEUE_LABEL: spec.queue_name} if spec.queue_name else {}
@@ -170,8 +183,9 @@ def build_job(owner: Owner, spec: FineTuneJobSpec, storage: StorageSpec, setting
         # Created suspended when queued: Kueue admits it by unsuspending.
         "suspend": spec.suspend or spec.queue_name is not None,
         "template": {
-            "metadata": {"labels": owner.labels()},
-            "spec": _pod_spec(owner, spec, storage, settings),
+            # The size of the annotation is checked by cluster_spec_problems (config_size_problems).
+            "metadata": {"labels": owner.labels(), "annotations": {CONFIG_ANNOTATION: config_annotation_value(config)}},
+            "spec": _pod_spec(owner, config, settings),
         },
     }
     deadline = deadline_seconds if deadline_seconds is not None else spec.active_deadline_seconds
