@@ -38,7 +38,7 @@ class OperatorSettings:
     workers: int = 32
     # Seconds between re-reconciliations of unfinished FineTuneJobs (kopf does not retry
     # event handlers, so a Job event lost to an API error would otherwise leave status stale).
-    resync_seconds: float = 60.0
+    resync_seconds: float = 600.0
     # Prometheus for canary analysis when a ModelDeployment names none.
     prometheus_address: str | None = None
     # Seconds between passes over ModelDeployments with a rollout under way (steps, analysis, retirements).
@@ -64,7 +64,7 @@ class OperatorSettings:
             termination_grace_seconds=int(env.get("KUBETUNE_TERMINATION_GRACE_SECONDS", "120")),
             trainer_uid=int(env.get("KUBETUNE_TRAINER_UID", "10001")),
             workers=int(env.get("KUBETUNE_WORKERS", "32")),
-            resync_seconds=float(env.get("KUBETUNE_RESYNC_SECONDS", "60")),
+            resync_seconds=float(env.get("KUBETUNE_RESYNC_SECONDS", "600")),
             prometheus_address=env.get("KUBETUNE_PROMETHEUS_ADDRESS") or None,
             rollout_tick_seconds=float(env.get("KUBETUNE_ROLLOUT_TICK_SECONDS", "5")),
             allowed_trainer_images=_csv(env.get("KUBETUNE_ALLOWED_TRAINER_IMAGES")),
