@@ -1,5 +1,6 @@
 """The namespace's trainer identity: made once per namespace, re-read (not re-written) later,
-never adopted from a stranger; and a FineTuneJob create writes no per-job RBAC."""
+never adopted from a stranger; and what a FineTuneJob create costs: no per-job RBAC, and no list
+of the namespace's pods for a first Job."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ class CountingKube(FakeKube):
             self.calls["get", kind] += 1
         time.sleep(self.latency)
         return super().get(api_version, kind, namespace, name)
+
+    def list(self, api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict]:
+        with self._lock:
+            self.calls["list", kind] += 1
+        return super().list(api_version, kind, namespace, label_selector)
 
     def put(self, obj: dict) -> dict:
         with self._lock:
@@ -113,3 +119,26 @@ def test_creating_finetunejobs_writes_no_per_job_rbac():
         assert job["spec"]["template"]["spec"]["serviceAccountName"] == TRAINER_ACCOUNT
     assert kube.writes() == 3  # the identity, once for the namespace
     assert kube.calls["create", "Job"] == 3
+    assert kube.calls["list", "Pod"] == 0  # a first Job: no earlier pods of this run can exist
+
+
+def _ftj(kube: FakeKube, name: str, **spec) -> dict:
+    return kube.put({"apiVersion": FINETUNEJOB.api_version, "kind": FINETUNEJOB.kind,
+                     "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1},
+                     "spec": {"baseModel": {"uri": "s3://m/base"}, "dataset": {"train": "s3://d/train.jsonl"}, **spec}})
+
+
+def test_a_replacement_job_or_a_resumed_run_waits_for_old_pods():
+    kube = CountingKube()
+    ctx = context(kube)
+    old_pod = {"apiVersion": "v1", "kind": "Pod", "status": {"phase": "Running"}, "metadata": {
+        "namespace": NS, "labels": {"batch.kubernetes.io/job-name": "again-train"}}}
+    kube.put({**old_pod, "metadata": {**old_pod["metadata"], "name": "again-train-abcde"}})
+    # Continuing an earlier run of the same name: its pods may still write that run.
+    status = reconcile(ctx, _ftj(kube, "again", resumeFromRun="0b5e6c1e-4a4d-4f5e-9d43-2c9a7f1e8b20"), logging.getLogger("test"), fresh=True)
+    assert "again-train-abcde" in (status.message or "")
+    assert kube.get("batch/v1", "Job", NS, "again-train") is None
+    # Not the first pass (a Job deleted by hand, an operator restart): looked at too.
+    del kube.objects[("FineTuneJob", NS, "again")]
+    status = reconcile(ctx, _ftj(kube, "again"), logging.getLogger("test"))
+    assert "again-train-abcde" in (status.message or "") and kube.get("batch/v1", "Job", NS, "again-train") is None

@@ -81,8 +81,8 @@ def _live_pods_of_previous_job(ctx: Context, owner: Owner) -> Blocker | None:
                    f"{owner.job_name} to stop before creating a new one")
 
 
-def _ensure_children(ctx: Context, owner: Owner, spec: FineTuneJobSpec,
-                     previous: FineTuneJobStatus) -> tuple[dict | None, Blocker | None]:
+def _ensure_children(ctx: Context, owner: Owner, spec: FineTuneJobSpec, previous: FineTuneJobStatus,
+                     first: bool = False) -> tuple[dict | None, Blocker | None]:
     """Create whatever is missing, the Job last: a Job implies its Service and the namespace's
     trainer identity exist (the trainer config rides in the Job's pod template). Returns the Job, or why it was not created (a child of
     someone else holds a name, old pods still run)."""
@@ -95,7 +95,10 @@ def _ensure_children(ctx: Context, owner: Owner, spec: FineTuneJobSpec,
         stored, _ = ctx.kube.create_if_absent(obj)
         if (blocker := not_ours(stored, owner)) is not None:
             return None, blocker
-    if (blocker := _live_pods_of_previous_job(ctx, owner)) is not None:
+    # A FineTuneJob's first Job needs no look for old pods (a list of the namespace's pods on every
+    # create): pods of an earlier FineTuneJob of the same name write another run (its uid), unless
+    # this one resumes that run.
+    if (not first or spec.resume_from_run) and (blocker := _live_pods_of_previous_job(ctx, owner)) is not None:
         return None, blocker
     deadline = deadline_left(spec.active_deadline_seconds, previous, datetime.now(timezone.utc))
     job, _ = ctx.kube.create_if_absent(_with_spec_digest(
@@ -175,7 +178,7 @@ def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None 
             job = None  # only the Job the operator created for this FineTuneJob drives its status
         elif job is None and previous.phase not in TERMINAL:
             try:
-                job, blocked = _ensure_children(ctx, owner, spec, previous)
+                job, blocked = _ensure_children(ctx, owner, spec, previous, first=fresh and previous.phase is None)
             except Rejected as err:
                 refused = err
                 logger.warning("%s", err)
