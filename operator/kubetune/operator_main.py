@@ -24,6 +24,24 @@ from kubetune.settings import OperatorSettings
 ANNOTATION_PREFIX = "kubetune.io"
 
 
+class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base in annotations, built without copying what it throws away.
+
+    kopf deep-copies each event's whole body (managedFields and status included) only to keep the
+    spec, labels and annotations; with the trainer patching progress that copy ran on every status
+    change: 17 % of the operator's CPU in a 400-job burst (py-spy --gil). Same essence, built from
+    those parts only (tests/unit/test_operator_settings.py compares the two).
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields=None) -> kopf.BodyEssence:
+        if extra_fields:  # a handler watches a field outside the spec: kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata", {})
+        lean = {key: value for key, value in body.items() if key not in ("metadata", "status")}
+        lean["metadata"] = {key: meta[key] for key in ("name", "namespace", "labels", "annotations") if key in meta}
+        return super().build(body=kopf.Body(lean), extra_fields=extra_fields)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: object) -> None:
     # Events: only the operator's explicit ones (a phase change, an ignored spec
@@ -40,7 +58,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: object) -> 
     settings.execution.max_workers = memo.ctx.settings.workers
     # Handler state lives in annotations: the structural status schema would prune status.kopf.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix=ANNOTATION_PREFIX)
     settings.execution.default_backoff = 5  # an apiserver hiccup should not stall a job for a minute
     # Single replica: no KopfPeering objects; no CRD/namespace scanning (needs no cluster-wide reads).
     settings.peering.standalone = True
