@@ -3,18 +3,16 @@ examples and reject bad manifests at `kubectl apply` with the field path."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
-from kubernetes.client.rest import ApiException
 from kubernetes import client as k8s
 
 from kubetune.api.finetunejob import FineTuneJobSpec, LoraSpec
 from kubetune.builders.common import Owner
 from kubetune.builders.trainer import build_job, build_trainer_config
 from kubetune.settings import OperatorSettings
-from tests.support.controlplane import ControlPlane
+from tests.support.controlplane import ControlPlane, dry_run_create
 from tests.support.invalid_manifests import InvalidCase, load_cases
 from tests.support.spec_probes import BASE_SPEC, JOB_FIELD, PROBES, Probe
 from tests.support.procs import wait_for
@@ -75,19 +73,6 @@ def test_invalid_manifest_is_rejected_naming_the_field(kube_api: ControlPlane, k
     assert case.expect in res.stderr, f"{case.id}: error does not name {case.expect}:\n{res.stderr}"
 
 
-def _dry_run_create(kube_api: ControlPlane, path: str, body: dict) -> str | None:
-    """None when the apiserver would create body; else its error message."""
-    try:
-        kube_api.api_client().call_api(
-            path, "POST", query_params=[("dryRun", "All")], body=body, auth_settings=["BearerToken"],
-            header_params={"Content-Type": "application/json", "Accept": "application/json"},
-            _preload_content=False)
-    except ApiException as err:
-        assert err.status in (400, 422), err.body  # a refusal, not an outage
-        return json.loads(err.body).get("message", err.body)
-    return None
-
-
 def _trainer_job(spec: dict) -> dict:
     """The Job the operator builds for this spec (in the default namespace)."""
     typed = FineTuneJobSpec.model_validate(spec)
@@ -100,7 +85,7 @@ def _trainer_job(spec: dict) -> dict:
 def test_crd_and_job_api_agree_on_each_value(kube_api: ControlPlane, kubetune_crds: list[str], probe: Probe):
     ftj = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
            "metadata": {"name": "probe", "namespace": "default"}, "spec": probe.spec()}
-    crd_error = _dry_run_create(kube_api, "/apis/kubetune.io/v1alpha1/namespaces/default/finetunejobs", ftj)
+    crd_error = dry_run_create(kube_api, "/apis/kubetune.io/v1alpha1/namespaces/default/finetunejobs", ftj)
     assert (crd_error is None) == probe.valid, f"{probe.field}={probe.value!r}: CRD says {crd_error or 'valid'}"
     if crd_error is not None:
         assert probe.field in crd_error, f"the refusal does not name {probe.field}: {crd_error}"
@@ -110,11 +95,11 @@ def test_crd_and_job_api_agree_on_each_value(kube_api: ControlPlane, kubetune_cr
     jobs = "/apis/batch/v1/namespaces/default/jobs"
     if probe.valid:
         # What the CRD accepts, the Job built from it is accepted too.
-        assert _dry_run_create(kube_api, jobs, _trainer_job(probe.spec())) is None
+        assert dry_run_create(kube_api, jobs, _trainer_job(probe.spec())) is None
     else:
         job = _trainer_job(BASE_SPEC)
         put_in_job(job, probe.value)
-        job_error = _dry_run_create(kube_api, jobs, job)
+        job_error = dry_run_create(kube_api, jobs, job)
         if probe.stricter:
             assert job_error is None, f"marked stricter ({probe.stricter}) but the Job API refuses it too"
         else:

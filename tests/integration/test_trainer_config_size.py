@@ -7,17 +7,15 @@ config at the operator's limit still leaves the rest of Kubernetes' 256 KiB for 
 
 from __future__ import annotations
 
-import json
 
 import pytest
-from kubernetes.client.rest import ApiException
 
 from kubetune.api.finetunejob import FineTuneJobSpec
 from kubetune.builders.common import Owner
 from kubetune.builders.trainer import CONFIG_ANNOTATION, build_job, build_trainer_config, cluster_spec_problems
 from kubetune.builders.trainer.config import MAX_CONFIG_ANNOTATION_BYTES, config_annotation_value
 from kubetune.settings import OperatorSettings
-from tests.support.controlplane import ControlPlane
+from tests.support.controlplane import ControlPlane, dry_run_create
 
 pytestmark = pytest.mark.integration
 
@@ -30,19 +28,6 @@ FILLER = "example.com/other"  # an annotation someone else (a mesh injector, Kue
 def spec_doc(target_modules: list[str]) -> dict:
     return {"baseModel": {"uri": "s3://models/base"}, "dataset": {"train": "s3://data/train.jsonl"},
             "storage": {"uri": "s3://runs"}, "lora": {"targetModules": target_modules}}
-
-
-def dry_run_create(kube_api: ControlPlane, path: str, body: dict) -> str | None:
-    """None when the apiserver would create body; else its error message."""
-    try:
-        kube_api.api_client().call_api(
-            path, "POST", query_params=[("dryRun", "All")], body=body, auth_settings=["BearerToken"],
-            header_params={"Content-Type": "application/json", "Accept": "application/json"},
-            _preload_content=False)
-    except ApiException as err:
-        assert err.status in (400, 422), err.body  # a refusal, not an outage
-        return json.loads(err.body).get("message", err.body)
-    return None
 
 
 def job_for(doc: dict) -> dict:

@@ -8,6 +8,8 @@ keys so TokenRequest works. Flags keep it cheap on a 2-core machine.
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import time
 from pathlib import Path
@@ -233,6 +235,19 @@ def service_account_client(cluster: ControlPlane, namespace: str, name: str,
     cfg.api_key = {"authorization": token}
     cfg.api_key_prefix = {"authorization": "Bearer"}
     return k8s.ApiClient(cfg)
+
+
+def dry_run_create(cluster: ControlPlane, path: str, body: dict) -> str | None:
+    """None when the apiserver would create body (a dry run: nothing is stored); else its error message."""
+    try:
+        cluster.api_client().call_api(
+            path, "POST", query_params=[("dryRun", "All")], body=body, auth_settings=["BearerToken"],
+            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+            _preload_content=False)
+    except ApiException as err:
+        assert err.status in (400, 422), err.body  # a refusal, not an outage
+        return json.loads(err.body).get("message", err.body)
+    return None
 
 
 def dump(obj: Any) -> str:
