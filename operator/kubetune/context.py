@@ -6,6 +6,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from kubetune.finetunejob.retries import RetryQueue
 from kubetune.k8s import Kube
 from kubetune.settings import OperatorSettings
 
@@ -20,6 +21,10 @@ class Context:
     handled_jobs: dict[str, tuple] = field(default_factory=dict)
     # Trainer pod uid -> the blocker reason last acted on (None: none); see finetunejob.handlers.on_trainer_pod.
     pod_blockers: dict[str, str | None] = field(default_factory=dict)
+    # FineTuneJob uid -> the generation this process last reconciled it at (finetunejob.handlers.reconcile_trigger).
+    acted_generations: dict[str, int] = field(default_factory=dict)
+    # FineTuneJobs whose last reconcile failed, retried on timers (finetunejob/retries.py).
+    retries: RetryQueue = field(default_factory=RetryQueue)
     # namespace/name -> time.monotonic() of its last reconciliation; the resync skips recent ones.
     last_reconciled: dict[str, float] = field(default_factory=dict)
     # namespace/name -> lock: a ModelDeployment is reconciled by one thread at a time, so the

@@ -194,7 +194,7 @@ def test_a_forbidden_child_waits_visibly_with_bounded_retries_and_recovers(
     wait_for(lambda: any(e.reason == "QuotaExceeded" and "exceeded quota" in (e.message or "")
                          for e in warning_events(api, "quota")), 20, "a QuotaExceeded Warning Event")
 
-    # No retry storm: kopf retries with exponential backoff (>= 2.5, 5, 10 s) rather than every 5 s.
+    # No retry storm: the operator retries with exponential backoff (>= 2.5, 5, 10 s) rather than every 5 s.
     time.sleep(max(0.0, 30 - (time.monotonic() - started)))
     log = operator.process.log_path.read_bytes()[log_start:].decode(errors="replace")
     # reconcile() logs one warning per attempt to create the Job.

@@ -60,6 +60,11 @@ class Scenario:
     def _wait(self, probe: Callable[[], object], what: str) -> None:
         wait_for(probe, self.timeout, what, interval=0.5)  # errors such as 404 count as "not yet"
 
+    @staticmethod
+    def _check(holds: bool, what: str) -> None:
+        if not holds:
+            raise TimeoutError(f"unexpected: {what}")  # a failed check, like a wait that ran out
+
     def _get(self, plural: str, name: str) -> dict:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name)
 
@@ -73,9 +78,9 @@ class Scenario:
             ("FineTuneJob: status written", lambda: self._wait(lambda: ftj().get("status", {}).get("phase"), "a phase")),
             ("FineTuneJob: Succeeded (Job watched, pods read)",
              lambda: self._wait(lambda: ftj().get("status", {}).get("phase") == "Succeeded", "phase Succeeded")),
-            ("FineTuneJob: kopf's handling recorded in annotations",
-             lambda: self._wait(lambda: any(k.startswith("kubetune.io/") for k in ftj()["metadata"].get("annotations", {})),
-                                "kopf's annotations")),
+            ("FineTuneJob: no handler state written into it (its status is the operator's only write)",
+             lambda: self._check(not any(k.startswith("kubetune.io/") for k in ftj()["metadata"].get("annotations") or {}),
+                                 f"annotations {ftj()['metadata'].get('annotations')}")),
             ("FineTuneJob: Event for the phase change",
              lambda: self._wait(lambda: self.core.list_namespaced_event(
                  ns, field_selector="involvedObject.name=train").items, "an Event")),

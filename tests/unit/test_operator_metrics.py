@@ -14,6 +14,7 @@ from kubetune.api import FineTuneJobStatus
 from kubetune.api.finetunejob import Progress
 from kubetune.api.modeldeployment import AbortedRevision, ModelDeploymentStatus, Revision
 from kubetune.finetunejob.handlers import on_finetunejob_event
+from kubetune.finetunejob.retries import RetryQueue
 from kubetune.metrics import JOB_GAUGES
 from kubetune.modeldeployment.handlers import on_modeldeployment_event
 
@@ -29,7 +30,8 @@ def sample(metric: str, **labels: str) -> float | None:
 def job_body(name: str, status: FineTuneJobStatus | None) -> kopf.Body:
     wire = status.model_dump(mode="json", by_alias=True, exclude_none=True) if status else {}
     return kopf.Body({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                      "metadata": {"namespace": "team-a", "name": name}, "spec": {}, "status": wire})
+                      "metadata": {"namespace": "team-a", "name": name, "uid": f"uid-{name}", "generation": 1},
+                      "spec": {}, "status": wire})
 
 
 def deployment_body(name: str, status: ModelDeploymentStatus) -> kopf.Body:
@@ -39,7 +41,9 @@ def deployment_body(name: str, status: ModelDeploymentStatus) -> kopf.Body:
 
 
 def memo() -> SimpleNamespace:
-    return SimpleNamespace(ctx=SimpleNamespace(last_reconciled={}, known_deployments={}, active_rollouts=set()))
+    # The FineTuneJobs count as reconciled at their generation: these events only feed /metrics.
+    return SimpleNamespace(ctx=SimpleNamespace(last_reconciled={}, known_deployments={}, active_rollouts=set(),
+                                               acted_generations={"uid-bot": 1}, retries=RetryQueue()))
 
 
 def test_job_progress_gauges_follow_the_trainer_status_and_vanish_on_delete() -> None:

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from kubetune.api import Condition, FineTuneJobSpec, FineTuneJobStatus
-from kubetune.api.finetunejob import SPEC_DIGEST_ANNOTATION, spec_digest
+from kubetune.api.finetunejob import SPEC_DIGEST_ANNOTATION, changed_fields, spec_digest
 from kubetune.finetunejob.reconcile import _acted_generation, _failed_for_spec, _with_spec_digest
 
 pytestmark = pytest.mark.unit
@@ -59,3 +59,12 @@ def test_only_a_failure_for_the_spec_is_retried_after_an_edit():
     assert not _failed_for_spec(failed("BackoffLimitExceeded"))
     assert not _failed_for_spec(FineTuneJobStatus(phase="Succeeded"))
     assert job_built_from(spec())["metadata"]["annotations"][SPEC_DIGEST_ANNOTATION] == spec_digest(spec())
+
+
+def test_changed_fields_are_dotted_paths_into_sections_left_at_defaults():
+    before = {"hyperparameters": {"epochs": 1}, "lora": {"targetModules": ["q"]}}
+    after = {"hyperparameters": {"epochs": 2, "learningRate": 1e-3}, "lora": {"targetModules": ["k"]},
+             "evaluation": {"maxSamples": 5}}
+    assert changed_fields(before, after) == ["spec.evaluation.maxSamples", "spec.hyperparameters.epochs",
+                                             "spec.hyperparameters.learningRate", "spec.lora.targetModules"]
+    assert changed_fields(after, after) == []

@@ -368,13 +368,35 @@ class FineTuneJobStatus(KubeModel):
 
 # Spec fields applied to a trainer Job that already exists; any other change needs a new Job.
 APPLIED_TO_EXISTING_JOB = frozenset({"suspend"})
-# On the trainer Job: the digest of the spec it was built from (see spec_digest).
+# On the trainer Job: the digest of the spec it was built from (see spec_digest), and that spec
+# itself, so that an ignored edit can name the fields it changed.
 SPEC_DIGEST_ANNOTATION = "kubetune.io/spec-digest"
+BUILT_FROM_ANNOTATION = "kubetune.io/built-from-spec"
+
+
+def job_spec_wire(spec: FineTuneJobSpec) -> dict:
+    """What a trainer Job is built from: the spec without the fields applied to an existing Job.
+    Defaults are left out, so a field added to the API later (with its default) does not make
+    every running job look changed."""
+    return spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude=set(APPLIED_TO_EXISTING_JOB))
 
 
 def spec_digest(spec: FineTuneJobSpec) -> str:
-    """A digest of what a trainer Job is built from: the spec without the fields applied to an
-    existing Job. Defaults are left out, so a field added to the API later (with its default)
-    does not make every running job look changed."""
-    wire = spec.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude=set(APPLIED_TO_EXISTING_JOB))
-    return hashlib.sha256(json.dumps(wire, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(job_spec_wire(spec), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def changed_fields(before: dict, after: dict, prefix: str = "spec") -> list[str]:
+    """Dotted paths (spec.hyperparameters.learningRate) that differ between two spec wires; a list
+    counts as one field."""
+    out = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) or isinstance(new, dict):  # a section left at its defaults is absent
+            old, new = ({} if old is None else old), ({} if new is None else new)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out.extend(changed_fields(old, new, f"{prefix}.{key}"))
+        else:
+            out.append(f"{prefix}.{key}")
+    return out

@@ -1,5 +1,11 @@
 """kopf handlers: they only pick the FineTuneJob to reconcile and call reconcile().
 
+Only event handlers, no create/update/resume handlers: those would make kopf diff every event
+of every FineTuneJob against a copy of its spec kept in an annotation, and patch that annotation
+once per FineTuneJob (a write per create, most of the operator's CPU in a burst). What they
+decided is read from the object instead (reconcile_trigger): `metadata.generation` against the
+generation the status says was acted on. Failed reconciles are retried by retries.RetryQueue.
+
 No deletion handlers (and no kopf timers or daemons, which would also need one)
 are registered, so kopf adds no finalizer: deleting a FineTuneJob never waits
 for the operator, and owner references let the garbage collector remove its
@@ -16,58 +22,89 @@ from typing import Any
 
 import kopf
 
+from kubetune.api import FineTuneJobStatus
 from kubetune.api.resources import FINETUNEJOB
 from kubetune.builders.common import MANAGED_BY, Owner
 from kubetune.metrics import JOB_GAUGES, PHASE_BOOK, observe_reconcile
 from kubetune.context import Context
-from kubetune.k8s import HANDLER_RETRIES, Rejected, is_transient, retry_delay
+from kubetune.k8s import Rejected, is_transient
 from kubetune.finetunejob.reconcile import job_summary, reconcile
 from kubetune.finetunejob.status import TERMINAL, pod_blocker
 
 FTJ = FINETUNEJOB.kopf_resource
 TRAINER_POD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY},app.kubernetes.io/component=trainer"
-# Fields whose change after the Job exists is applied; the Job's pod template is immutable.
-APPLIED_ON_UPDATE = {("suspend",)}
 
 
-def _reconcile_with_backoff(what: str, retry: int, memo: kopf.Memo, body: kopf.Body, logger: logging.Logger,
-                            **kwargs: Any):
-    """reconcile(), with kopf retrying (at most HANDLER_RETRIES times, exponential backoff with jitter,
-    at least the apiserver's Retry-After) what may pass: an overloaded apiserver (429, 5xx) or a
-    forbidden child create (the status already says which permission or quota)."""
-    with observe_reconcile(what):
-        try:
-            return reconcile(memo.ctx, dict(body), logger, **kwargs)
-        except Rejected as err:
-            raise kopf.TemporaryError(str(err), delay=retry_delay(retry, err)) from err
-        except Exception as err:
-            if is_transient(err):
-                raise kopf.TemporaryError(f"apiserver busy ({err.status}): {err.reason}",
-                                          delay=retry_delay(retry, err)) from err
-            raise  # anything else: kopf's own backoff, still bounded by HANDLER_RETRIES
+def handled_generation(status: dict) -> int | None:
+    """The newest generation the status says the operator handled: acted on (observedGeneration),
+    or knowingly left unapplied (a SpecApplied=False condition's own observedGeneration)."""
+    ignored = next((c.get("observedGeneration") for c in status.get("conditions") or []
+                    if c.get("type") == "SpecApplied" and c.get("status") == "False"), None)
+    return ignored or status.get("observedGeneration")
 
 
-@kopf.on.create(*FTJ, retries=HANDLER_RETRIES)
-def on_create(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, retry: int, **_: Any) -> None:
-    _reconcile_with_backoff("create", retry, memo, body, logger, fresh=True)
+def reconcile_trigger(event_type: str | None, ftj: dict, acted: int | None) -> str | None:
+    """Why a FineTuneJob's watch event calls for a reconcile ("create", "update", "resume",
+    "progress"), or None. `acted`: the generation this process last reconciled it at (None: not
+    since it started); an event whose body predates that reconcile's own status write is not a
+    reason to do it again."""
+    meta = ftj["metadata"]
+    if event_type == "DELETED" or meta.get("deletionTimestamp"):
+        return None
+    status = ftj.get("status") or {}
+    generation = meta.get("generation") or 1
+    if acted != generation:
+        if not status.get("phase"):
+            return "create"
+        if handled_generation(status) != generation:
+            return "update"
+        if acted is None and status["phase"] not in TERMINAL:
+            return "resume"  # the operator (re)started: converge what it has not seen yet
+    if status.get("phase") == "Validating" and (status.get("progress") or status.get("dataset")):
+        return "progress"  # the trainer's first report turns Validating into Running
+    return None
 
 
-@kopf.on.resume(*FTJ, retries=HANDLER_RETRIES)
-def on_resume(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, retry: int, **_: Any) -> None:
-    """The operator (re)started and finds an existing FineTuneJob: converge it."""
-    _reconcile_with_backoff("resume", retry, memo, body, logger)
+def reconcile_or_retry(ctx: Context, ftj: dict, logger: logging.Logger, trigger: str,
+                       **kwargs: Any) -> FineTuneJobStatus | None:
+    """reconcile(); if it raises, a retry is scheduled (what may pass: an overloaded apiserver,
+    a forbidden child create whose status already says which permission or quota) and the
+    error is logged, not raised: kopf does not retry event handlers."""
+    meta = ftj["metadata"]
+    key = f"{meta['namespace']}/{meta['name']}"
+    # Taken as handled even if it fails: from here on a failure is the retry queue's business, not
+    # a reason for the next event (say, this reconcile's own status write) to try again at once.
+    ctx.acted_generations[meta["uid"]] = meta.get("generation") or 1
+    try:
+        with observe_reconcile(trigger):
+            status = reconcile(ctx, ftj, logger, **kwargs)
+    except Exception as err:  # noqa: BLE001 - every failure is retried, then left to the resync
+        delay = ctx.retries.failed(key, err)
+        then = f"retried in {delay:.0f} s" if delay is not None else "no retries left, the periodic resync takes it"
+        if isinstance(err, Rejected):  # reconcile() has logged what was refused
+            logger.warning("reconcile of %s did not finish; %s", key, then)
+        elif is_transient(err):
+            logger.warning("reconcile of %s: apiserver busy (%s %s); %s", key, err.status, err.reason, then)
+        else:
+            logger.exception("reconcile of %s failed; %s", key, then)
+        return None
+    ctx.retries.done(key)
+    return status
 
 
-@kopf.on.update(*FTJ, field="spec", retries=HANDLER_RETRIES)
-def on_spec_change(body: kopf.Body, diff: kopf.Diff, memo: kopf.Memo, logger: logging.Logger, retry: int,
-                   **_: Any) -> None:
-    status = _reconcile_with_backoff("update", retry, memo, body, logger)
-    ignored = sorted(".".join(map(str, d.field)) for d in diff if tuple(d.field[:1]) not in APPLIED_ON_UPDATE)
-    not_applied = status is not None and any(c.type == "SpecApplied" and c.status == "False" for c in status.conditions)
-    if ignored and not_applied and retry == 0:
-        memo.ctx.kube.post_event(dict(body), "Warning", "SpecChangeIgnored",
-                                 f"spec.{', spec.'.join(ignored)} changed after the trainer Job was created and is not "
-                                 "applied (only spec.suspend is); delete and recreate the FineTuneJob to change it")
+def reconcile_stored(ctx: Context, key: str, logger: logging.Logger, trigger: str) -> None:
+    """Read a FineTuneJob again and reconcile it (a retry, the resync)."""
+    namespace, name = key.split("/", 1)
+    try:
+        ftj = ctx.kube.get(FINETUNEJOB.api_version, FINETUNEJOB.kind, namespace, name)
+    except Exception as err:  # noqa: BLE001 - the read is retried like the reconcile
+        ctx.retries.failed(key, err)
+        logger.warning("reading %s for a %s failed: %s", key, trigger, err)
+        return
+    if ftj is None:
+        ctx.retries.done(key)  # deleted; the watch's DELETED event drops it from the book
+        return
+    reconcile_or_retry(ctx, ftj, logger, trigger)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": MANAGED_BY})
@@ -91,14 +128,12 @@ def on_trainer_job(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: l
     if ftj["metadata"]["uid"] != owner["uid"]:
         # A deleted incarnation's Job: once it is gone, the recreated FineTuneJob may create its own.
         if type == "DELETED" and body.metadata.name == expected:
-            with observe_reconcile("job"):
-                reconcile(ctx, ftj, logger)
+            reconcile_or_retry(ctx, ftj, logger, "job")
         return
     if body.metadata.name != expected:
         return  # not the Job the operator created for it, whatever its labels and owner say
-    with observe_reconcile("job"):
-        # A deleted Job is looked up again (and recreated unless the FineTuneJob is finished).
-        reconcile(ctx, ftj, logger, job=None if type == "DELETED" else dict(body))
+    # A deleted Job is looked up again (and recreated unless the FineTuneJob is finished).
+    reconcile_or_retry(ctx, ftj, logger, "job", job=None if type == "DELETED" else dict(body))
 
 
 @kopf.on.startup()
@@ -129,8 +164,7 @@ def on_trainer_pod(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: l
     ftj = _finetunejob_of_pod(ctx, dict(body))
     if ftj is None or (type == "DELETED" and (ftj.get("status") or {}).get("phase") in TERMINAL):
         return
-    with observe_reconcile("pod"):
-        reconcile(ctx, ftj, logger)
+    reconcile_or_retry(ctx, ftj, logger, "pod")
 
 
 def _owner(ftj: dict) -> Owner:
@@ -160,19 +194,21 @@ def _finetunejob_of_pod(ctx: Context, pod: dict) -> dict | None:
 @kopf.on.event(*FTJ)
 def on_finetunejob_event(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger,
                          **_: Any) -> None:
-    """Count phases for /metrics; and a first progress report turns Validating into Running.
-
-    The trainer's status patches change no spec, so no other handler sees them.
-    """
+    """Every change of a FineTuneJob: count phases for /metrics, and reconcile when reconcile_trigger
+    says so (most events, the trainer's progress patches among them, need nothing)."""
+    ctx: Context = memo.ctx
     status = body.get("status", {})
     key = f"{body.metadata.namespace}/{body.metadata.name}"
     PHASE_BOOK.record(key, None if type == "DELETED" else status.get("phase") or "Pending")
     JOB_GAUGES.record(body.metadata.namespace, body.metadata.name, None if type == "DELETED" else status)
     if type == "DELETED":
-        memo.ctx.last_reconciled.pop(key, None)
-    if type != "DELETED" and status.get("phase") == "Validating" and (status.get("progress") or status.get("dataset")):
-        with observe_reconcile("progress"):
-            reconcile(memo.ctx, dict(body), logger)
+        ctx.last_reconciled.pop(key, None)
+        ctx.acted_generations.pop(body.metadata.uid, None)
+        ctx.retries.done(key)
+        return
+    trigger = reconcile_trigger(type, body, ctx.acted_generations.get(body.metadata.uid))
+    if trigger is not None:
+        reconcile_or_retry(ctx, dict(body), logger, trigger, fresh=trigger == "create")
 
 
 async def resync_loop(ctx: Context, logger: logging.Logger) -> None:
@@ -183,16 +219,9 @@ async def resync_loop(ctx: Context, logger: logging.Logger) -> None:
         for key in PHASE_BOOK.keys_except(TERMINAL):
             if time.monotonic() - ctx.last_reconciled.get(key, 0.0) < ctx.settings.resync_seconds:
                 continue  # an event reconciled it recently; a resync would only repeat that work
-            namespace, name = key.split("/", 1)
-            try:
-                await asyncio.to_thread(_resync_one, ctx, namespace, name, logger)
-            except Exception:  # noqa: BLE001 - one failure must not end the loop; the next round retries
-                logger.exception("resync of %s failed", key)
+            await asyncio.to_thread(reconcile_stored, ctx, key, logger, "resync")
 
 
-def _resync_one(ctx: Context, namespace: str, name: str, logger: logging.Logger) -> None:
-    ftj = ctx.kube.get(FINETUNEJOB.api_version, FINETUNEJOB.kind, namespace, name)
-    if ftj is None:
-        return  # deleted; the watch's DELETED event drops it from the book
-    with observe_reconcile("resync"):
-        reconcile(ctx, ftj, logger)
+def start_retries(ctx: Context) -> None:
+    logger = logging.getLogger("kubetune.finetunejob.retries")
+    ctx.retries.start(asyncio.get_running_loop(), lambda key: reconcile_stored(ctx, key, logger, "retry"))

@@ -6,6 +6,7 @@ trainer Job), so whatever woke the operator up, it converges on the same state.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import datetime, timezone
@@ -13,7 +14,13 @@ from datetime import datetime, timezone
 from pydantic import ValidationError
 
 from kubetune.api import API_VERSION, Condition, FineTuneJobSpec, FineTuneJobStatus
-from kubetune.api.finetunejob import SPEC_DIGEST_ANNOTATION, spec_digest
+from kubetune.api.finetunejob import (
+    BUILT_FROM_ANNOTATION,
+    SPEC_DIGEST_ANNOTATION,
+    changed_fields,
+    job_spec_wire,
+    spec_digest,
+)
 from kubetune.api.resources import FINETUNEJOB
 from kubetune.builders.common import Owner
 from kubetune.builders.trainer import (
@@ -109,8 +116,20 @@ def _ensure_children(ctx: Context, owner: Owner, spec: FineTuneJobSpec, previous
 
 def _with_spec_digest(job: dict, spec: FineTuneJobSpec) -> dict:
     """The Job, annotated with what it was built from: later spec edits are compared with it."""
-    job["metadata"].setdefault("annotations", {})[SPEC_DIGEST_ANNOTATION] = spec_digest(spec)
+    annotations = job["metadata"].setdefault("annotations", {})
+    annotations[SPEC_DIGEST_ANNOTATION] = spec_digest(spec)
+    annotations[BUILT_FROM_ANNOTATION] = json.dumps(job_spec_wire(spec), sort_keys=True, separators=(",", ":"))
     return job
+
+
+def ignored_fields(job: dict, spec: FineTuneJobSpec) -> list[str]:
+    """The spec fields edited since the Job was built (empty if the Job predates the annotation)."""
+    built_from = (job["metadata"].get("annotations") or {}).get(BUILT_FROM_ANNOTATION)
+    try:
+        before = json.loads(built_from) if built_from else None
+    except ValueError:
+        before = None
+    return changed_fields(before, job_spec_wire(spec)) if isinstance(before, dict) else []
 
 
 def _acted_generation(job: dict | None, spec: FineTuneJobSpec, previous: FineTuneJobStatus, generation: int,
@@ -128,12 +147,18 @@ def _acted_generation(job: dict | None, spec: FineTuneJobSpec, previous: FineTun
     return generation
 
 
-def _spec_applied_condition(acted: int, generation: int, previous: FineTuneJobStatus, now: datetime) -> Condition:
-    before = next((c for c in previous.conditions if c.type == "SpecApplied" and c.status == "False"), None)
+def _spec_not_applied(status: FineTuneJobStatus) -> Condition | None:
+    return next((c for c in status.conditions if c.type == "SpecApplied" and c.status == "False"), None)
+
+
+def _spec_applied_condition(acted: int, generation: int, previous: FineTuneJobStatus, now: datetime,
+                            fields: list[str]) -> Condition:
+    before = _spec_not_applied(previous)
+    what = f" ({', '.join(fields)} changed)" if fields else ""
     return Condition(
         type="SpecApplied", status="False", reason="SpecChangeIgnored", observed_generation=generation,
-        message=(f"generation {generation} is not applied: the trainer Job runs (or ran) generation {acted}'s spec, "
-                 "and only spec.suspend is applied after it was created; revert the change, or delete and "
+        message=(f"generation {generation} is not applied{what}: the trainer Job runs (or ran) generation {acted}'s "
+                 "spec, and only spec.suspend is applied after it was created; revert the change, or delete and "
                  "recreate the FineTuneJob to apply it"),
         last_transition_time=before.last_transition_time if before else now,
     )
@@ -210,7 +235,8 @@ def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None 
                         kueue_wait=kueue_wait)
     status = derive_status(observed)
     if acted != generation:  # kstatus/Flux see observedGeneration < generation; this says why
-        status.conditions.append(_spec_applied_condition(acted, generation, previous, now))
+        fields = ignored_fields(job, spec) if job is not None else []
+        status.conditions.append(_spec_applied_condition(acted, generation, previous, now, fields))
     gang = observed_gang_outcome(observed)
     if gang is not None and gang.job_uid != previous.last_failed_job_uid:
         stored = _record_gang_failure(ctx, ftj, owner, previous, status, gang)
@@ -289,6 +315,9 @@ def publish(ctx: Context, ftj: dict, previous: FineTuneJobStatus, status: FineTu
     if stalled is not None and status.phase != "Failed" and stalled != _stalled_reason(previous):
         # Waiting for a fix (Unschedulable, SecretNotFound, ...): the phase stays Pending, the Event says why.
         ctx.kube.post_event(ftj, "Warning", stalled, status.message or "")
+    ignored, known = _spec_not_applied(status), _spec_not_applied(previous)
+    if ignored is not None and (known is None or known.observed_generation != ignored.observed_generation):
+        ctx.kube.post_event(ftj, "Warning", "SpecChangeIgnored", ignored.message or "")  # once per ignored generation
     return stored
 
 
