@@ -85,6 +85,18 @@ build() {
 build Dockerfile.operator "${OPERATOR_IMAGE}"
 trainer_args=()
 if ls "${WHEELHOUSE}"/torch-*.whl >/dev/null 2>&1; then
+  # The build installs offline from the wheelhouse, so it must hold every current requirement: after
+  # a dependency change in pyproject.toml, pip fetches what is missing (once; a stamp remembers).
+  reqs="${DIR}/trainer-requirements.txt"
+  python3 -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(p["dependencies"] + p["optional-dependencies"]["trainer"]))' pyproject.toml > "${reqs}"
+  if ! cmp -s "${reqs}" "${WHEELHOUSE}/.trainer-requirements"; then
+    log "fetching changed trainer requirements into ${WHEELHOUSE}"
+    mkdir -p "${CACHE}/wheel-venvs"
+    ( flock 8; python3 -m pip download -q --disable-pip-version-check -d "${WHEELHOUSE}" -r "${reqs}" >&2 ) \
+      8>"${CACHE}/wheel-venvs/wheelhouse.lock"  # the lock tests/support/wheel_venvs.py takes
+    cp "${reqs}" "${WHEELHOUSE}/.trainer-requirements"
+  fi
   trainer_args=(-v "${WHEELHOUSE}:/wheelhouse:ro" --build-arg WHEELHOUSE=/wheelhouse)
 fi
 build Dockerfile.trainer "${TRAINER_IMAGE}" "${trainer_args[@]}"

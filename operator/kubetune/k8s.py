@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
@@ -154,7 +155,7 @@ class Kube:
                     auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
                     _request_timeout=30,
                 )
-                return json.loads(response.data)
+                return orjson.loads(response.data)
             except ApiException as err:
                 if not is_transient(err) or attempt == CALL_ATTEMPTS - 1:
                     raise

@@ -1,4 +1,5 @@
-"""kopf settings the operator changes: the lean diff base must equal kopf's own."""
+"""kopf settings the operator changes: the lean diff base must equal kopf's own; watch events
+decoded by orjson."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import copy
 import kopf
 import pytest
 
-from kubetune.operator_main import ANNOTATION_PREFIX, LeanDiffBaseStorage
+from kubetune.api.resources import RESOURCES
+from kubetune.operator_main import ANNOTATION_PREFIX, DIFFED_KINDS, LeanDiffBaseStorage, decode_watch_events_with_orjson
 
 pytestmark = pytest.mark.unit
 
@@ -45,10 +47,28 @@ def test_the_lean_diff_base_equals_kopfs(extra_fields):
     assert raw["spec"]["lora"]["targetModules"] == ["q_proj", "v_proj"]
 
 
-def test_finetunejobs_have_no_diff_base():
-    """Their handlers are event handlers only: kopf must neither read nor build one (an old
-    object's annotation from kopf's create handler is ignored, not parsed)."""
+def test_only_kinds_with_changing_handlers_get_a_diff_base():
+    """FineTuneJobs, Jobs and pods have event handlers only: kopf must neither build nor read one for
+    them (an old FineTuneJob's annotation from kopf's former create handler is not parsed)."""
     storage = LeanDiffBaseStorage(prefix=ANNOTATION_PREFIX)
-    body = kopf.Body(event_body("FineTuneJob"))
-    assert storage.fetch(body=body) is None and storage.build(body=body) == {}
+    for kind in ("FineTuneJob", "Job", "Pod"):
+        body = kopf.Body(event_body(kind))
+        assert storage.fetch(body=body) is None and storage.build(body=body) == {}, kind
     assert storage.fetch(body=kopf.Body(event_body())) == {"spec": {"suspend": False}}
+    changing = {handler.selector.any_name for handler in kopf.get_default_registry()._changing.get_all_handlers()}
+    assert changing == {r.plural for r in RESOURCES if r.kind in DIFFED_KINDS}, \
+        "a kind with create/update/resume handlers needs its diff base: add it to DIFFED_KINDS"
+
+
+def test_kopf_decodes_watch_events_through_the_module_json_the_operator_replaces(monkeypatch):
+    import inspect
+
+    import kopf._cogs.clients.api as kopf_api
+    import orjson
+    assert "json.loads(line.decode('utf-8'))" in inspect.getsource(kopf_api.stream), \
+        "kopf changed how it decodes watch events: decode_watch_events_with_orjson no longer applies"
+    monkeypatch.setattr(kopf_api, "json", kopf_api.json)  # restored after the test
+    decode_watch_events_with_orjson()
+    assert kopf_api.json.loads is orjson.loads
+    assert kopf_api.json.loads('{"type": "ADDED", "object": {"a": [1, 2.5, null]}}'.encode().decode("utf-8")) == \
+        {"type": "ADDED", "object": {"a": [1, 2.5, None]}}

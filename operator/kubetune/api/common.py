@@ -6,6 +6,7 @@ written for `kubectl explain` readers, and the wire names are camelCase.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
 from types import UnionType
@@ -113,6 +114,13 @@ ExtendedResourceName = Annotated[
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number"}
 
 
+@functools.cache
+def _expected_scalar(model: type, field_name: str) -> type | None:
+    """The JSON scalar a model's field takes, once per field (it ran for every field of every
+    validated status: ~5 % of the operator's CPU in a 1,000-job burst)."""
+    return _json_scalar(model.model_fields[field_name].annotation)
+
+
 def _json_scalar(annotation: Any) -> type | None:
     args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
     args = tuple(a for a in args if a is not type(None))
@@ -144,7 +152,7 @@ class KubeModel(BaseModel):
     @classmethod
     def _json_type(cls, value: Any, info: ValidationInfo) -> Any:
         """Booleans, integers and numbers exactly as the CRD's types take them (no coercion)."""
-        expected = _json_scalar(cls.model_fields[info.field_name].annotation)
+        expected = _expected_scalar(cls, info.field_name)
         if expected is None or value is None:
             return value
         ok = isinstance(value, bool) if expected is bool else (
