@@ -120,10 +120,12 @@ def run_once(subject: Subject, n: int, threads: int, timeout: float) -> dict:
         t_applied = time.monotonic() - t0
 
         def resolved() -> tuple[dict[str, float], dict[str, float]]:
-            child_seen = {owner[1]: t for t, owner in children.first.values()
+            # Copies (one C-level step each under the GIL): the watch threads keep adding entries.
+            child_first, job_first, pod_first = dict(children.first), dict(jobs.first), dict(pods.first)
+            child_seen = {owner[1]: t for t, owner in child_first.values()
                           if owner and owner[0] == subject.parent_kind}
-            job_parent = subject.job_parent(jobs.first, children.first)
-            pod_owner = {pod: (t, owner[1]) for pod, (t, owner) in pods.first.items() if owner and owner[0] == "Job"}
+            job_parent = subject.job_parent(job_first, child_first)
+            pod_owner = {pod: (t, owner[1]) for pod, (t, owner) in pod_first.items() if owner and owner[0] == "Job"}
             return child_seen, report.pod_seen_by_parent(pod_owner, job_parent)
 
         deadline = t0 + timeout
@@ -138,7 +140,7 @@ def run_once(subject: Subject, n: int, threads: int, timeout: float) -> dict:
                                    f"of {n} after {timeout:.0f} s\n{cp.describe()}")
             time.sleep(0.5)
         at_pods = apiserver_counts(cp)
-        parent_jobs = set(subject.job_parent(jobs.first, children.first))
+        parent_jobs = set(subject.job_parent(dict(jobs.first), dict(children.first)))
         settled = settle_writes(cp, jobs, parent_jobs, timeout)
         after = apiserver_counts(cp)
         usage_after = {k: proc_usage(pid) for k, pid in subject.pids().items()}
