@@ -53,8 +53,9 @@ TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 CALL_ATTEMPTS = 4
 CALL_BACKOFF_BASE = 0.5    # seconds; doubled per attempt, jittered
 CALL_BACKOFF_CAP = 8.0     # no single wait here is longer (a longer Retry-After goes to the caller)
-# The caller's (kopf handler) retries: doubled from HANDLER_BACKOFF_BASE up to the cap, jittered;
-# after HANDLER_RETRIES (about 40 min) kopf gives up and the periodic resync is what is left.
+# The caller's retries (finetunejob/retries.py; kopf's for ModelDeployments): doubled from
+# HANDLER_BACKOFF_BASE up to the cap, jittered; after HANDLER_RETRIES (about 40 min) the periodic
+# resync is what is left.
 HANDLER_BACKOFF_BASE = 5.0
 HANDLER_BACKOFF_CAP = 300.0
 HANDLER_RETRIES = 12

@@ -1,7 +1,7 @@
 """One reconciliation of a FineTuneJob: build what is missing, map suspend, publish status.
 
-Called by every handler (create, resume, spec update, and events of the
-trainer Job), so whatever woke the operator up, it converges on the same state.
+Called for every trigger (a FineTuneJob created, resumed or edited, events of its trainer Job
+and pods, a retry, the resync), so whatever woke the operator up, it converges on the same state.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def _failed_for_spec(previous: FineTuneJobStatus) -> bool:
 def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None = None,
               fresh: bool = False, tries_left: int = GANG_DECISION_TRIES) -> FineTuneJobStatus | None:
     """Converge one FineTuneJob and return the status it published (None: being deleted).
-    `job`: its trainer Job when the caller already has it; `fresh`: kopf's create handler, so
+    `job`: its trainer Job when the caller already has it; `fresh`: the create trigger (no status yet), so
     unless a status shows it was handled before, its children are created straight away
     without looking the Job up first. A child creation the apiserver forbids (403) is raised
     again after the status says so, for the caller to retry with backoff. A failed multi-node
