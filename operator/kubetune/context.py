@@ -19,6 +19,9 @@ class Context:
     settings: OperatorSettings
     # Job uid -> the Job state last reconciled; Job events that change nothing in it are skipped.
     handled_jobs: dict[str, tuple] = field(default_factory=dict)
+    # Job uid -> (its FineTuneJob's namespace/name, Kueue's verdict last read from its Workload) for
+    # every trainer Job found queued; a Workload event with another verdict reconciles that job.
+    kueue_verdicts: dict[str, tuple[str, tuple[str, str] | None]] = field(default_factory=dict)
     # Trainer pod uid -> the blocker reason last acted on (None: none); see finetunejob.handlers.on_trainer_pod.
     pod_blockers: dict[str, str | None] = field(default_factory=dict)
     # FineTuneJob uid -> the generation this process last reconciled it at (finetunejob.handlers.reconcile_trigger).

@@ -171,6 +171,14 @@ def start_holder(api: Api, kueue: Kueue, name: str, priority_class: str | None =
         on_timeout=kueue.process.describe)
 
 
+def set_gpu_quota(kueue: Kueue, gpus: str) -> None:
+    spec = queue_objects()[1]["spec"]
+    for resource in spec["resourceGroups"][0]["flavors"][0]["resources"]:
+        if resource["name"] == "nvidia.com/gpu":
+            resource["nominalQuota"] = gpus
+    kueue.custom.patch_cluster_custom_object(KUEUE_GROUP, KUEUE_VERSION, "clusterqueues", CLUSTER_QUEUE, {"spec": spec})
+
+
 def delete_job(api: Api, name: str) -> None:
     try:
         api.batch.delete_namespaced_job(name, NS, propagation_policy="Background")
@@ -211,6 +219,18 @@ def test_queued_while_quota_is_taken_then_admitted_when_it_frees(operator: Opera
     # Still waiting a few seconds later: nothing (operator included) starts it while the GPU is taken.
     with pytest.raises(TimeoutError):
         wait_for(lambda: api.pods_of("waiter") or api.ftj("waiter")["status"]["phase"] != "Queued", 8, "no start")
+    # A new verdict with no Job event (the queue's GPU quota cut to 0, then restored) reaches the
+    # status from the Workload watch: the resync is 600 s here.
+    job_version = api.job("waiter").metadata.resource_version
+    try:
+        set_gpu_quota(kueue, "0")
+        wait_for(lambda: "maximum capacity (0)" in api.ftj("waiter")["status"]["message"], 30,
+                 "Kueue's new verdict (no GPU quota at all) in the status")
+    finally:
+        set_gpu_quota(kueue, "1")
+    wait_for(lambda: "insufficient unused quota" in api.ftj("waiter")["status"]["message"], 30,
+             "the quota verdict back in the status")
+    assert api.job("waiter").metadata.resource_version == job_version, "no Job event carried the verdicts"
 
     delete_job(api, "holder-a")
     status = api.wait_phase("waiter", "Validating", "Running", timeout=90)

@@ -239,7 +239,7 @@ RULES_RELEASE = "kt-rules"
 # Rules only some clusters need, which the scenario here (no Kueue) cannot exercise: each with the
 # test that runs the operator under the chart's rules where it is needed, and fails without it.
 NEEDED_ELSEWHERE = {
-    "kueue.x-k8s.io/workloads: list": "tests/e2e/test_kueue.py (Kueue's reason in a queued job's status)",
+    "kueue.x-k8s.io/workloads: list,watch": "tests/e2e/test_kueue.py (Kueue's reason in a queued job's status)",
 }
 
 

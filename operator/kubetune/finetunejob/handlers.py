@@ -28,6 +28,7 @@ from kubetune.builders.common import MANAGED_BY, Owner
 from kubetune.metrics import JOB_GAUGES, PHASE_BOOK, observe_reconcile
 from kubetune.context import Context
 from kubetune.k8s import Rejected, is_transient
+from kubetune.finetunejob.kueue import GROUP as KUEUE_GROUP, JOB_UID_LABEL, kueue_wait
 from kubetune.finetunejob.reconcile import job_summary, reconcile
 from kubetune.finetunejob.status import TERMINAL, pod_blocker
 
@@ -114,6 +115,7 @@ def on_trainer_job(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: l
     uid = body.metadata.uid
     if type == "DELETED":
         ctx.handled_jobs.pop(uid, None)
+        ctx.kueue_verdicts.pop(uid, None)
     elif ctx.handled_jobs.get(uid) == job_summary(body):
         return  # e.g. the Job controller's bookkeeping: nothing the status depends on moved
     owner = next((ref for ref in body.metadata.get("ownerReferences", [])
@@ -165,6 +167,29 @@ def on_trainer_pod(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: l
     if ftj is None or (type == "DELETED" and (ftj.get("status") or {}).get("phase") in TERMINAL):
         return
     reconcile_or_retry(ctx, ftj, logger, "pod")
+
+
+@kopf.on.event(KUEUE_GROUP, "workloads", labels={JOB_UID_LABEL: kopf.PRESENT})
+def on_kueue_workload(type: str | None, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Kueue gave a queued trainer Job's Workload a new verdict (quota, preemption, admission).
+
+    Kueue writes it on the Workload, often after the Job's last event (a preempted job is
+    requeued once its pods are gone), so without this the status would keep the old reason until
+    the resync. Only Workloads of Jobs a reconcile found queued are looked at, and only a verdict
+    other than the one that reconcile read leads to another. Without Kueue's CRD at startup kopf
+    watches nothing here (it logs that the resource is unresolved).
+    """
+    ctx: Context = memo.ctx
+    job_uid = body.metadata.labels.get(JOB_UID_LABEL)
+    known = ctx.kueue_verdicts.get(job_uid)
+    if known is None:
+        return  # not a trainer Job, or one never queued while this process ran
+    if type == "DELETED":
+        ctx.kueue_verdicts.pop(job_uid, None)
+        return
+    key, verdict = known
+    if kueue_wait([dict(body)]) != verdict:
+        reconcile_stored(ctx, key, logger, "kueue")
 
 
 def _owner(ftj: dict) -> Owner:

@@ -228,6 +228,7 @@ def reconcile(ctx: Context, ftj: dict, logger: logging.Logger, job: dict | None 
             ctx.handled_jobs[job["metadata"]["uid"]] = job_summary(job)
             if spec.queue_name and not spec.suspend and job["spec"].get("suspend"):
                 kueue_wait = read_kueue_wait(ctx.kube, owner.namespace, job["metadata"]["uid"])
+                ctx.kueue_verdicts[job["metadata"]["uid"]] = (f"{owner.namespace}/{owner.name}", kueue_wait)
     now = datetime.now(timezone.utc)
     acted = _acted_generation(job, spec, previous, generation, problems)
     observed = Observed(generation=acted, spec=spec, job=job, pods=pods, previous=previous,
