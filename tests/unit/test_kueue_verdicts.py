@@ -11,7 +11,6 @@ import copy
 import kopf
 import pytest
 
-from kubetune.finetunejob import handlers
 from kubetune.finetunejob.handlers import on_kueue_workload, on_trainer_job
 from kubetune.finetunejob.kueue import JOB_UID_LABEL
 from tests.unit.fake_kube import FakeKube
@@ -80,14 +79,17 @@ def test_workload_events_that_change_no_verdict_reconcile_nothing(queued):
     assert op.triggers == [1, 1], "an unchanged verdict and a Workload of a Job never queued here"
 
 
-def test_forgotten_once_the_workload_or_the_job_is_gone(queued):
+def test_a_recreated_workloads_verdict_counts_and_the_jobs_deletion_forgets_it(queued):
     kube, op, job = queued
     uid = job["metadata"]["uid"]
-    wl = workload(uid, cond("QuotaReserved", "False", "Pending", QUOTA))
-    deliver(op, "DELETED", wl)
-    assert uid not in op.ctx.kueue_verdicts and op.triggers == [1]
-    handlers.reconcile_or_retry(op.ctx, op.stored(), LOG, "job")  # the Job's next event reads it again
-    assert uid in op.ctx.kueue_verdicts
+    first = kube.put(workload(uid, cond("QuotaReserved", "False", "Pending", QUOTA)))
+    deliver(op, "ADDED", first)
+    # Kueue recreates the Workload (the queued Job's pod template changed): the new verdict counts.
+    kube.objects.pop(("Workload", NS, first["metadata"]["name"]))
+    deliver(op, "DELETED", first)
+    deliver(op, "ADDED", kube.put(workload(uid, cond("QuotaReserved", "False", "Inadmissible", "no flavor"),
+                                           name="job-bot-train-2")))
+    assert op.stored()["status"]["message"] == "waiting for Kueue (Inadmissible) in queue gpus: no flavor"
     kube.objects.pop(("Job", NS, job["metadata"]["name"]))
     on_trainer_job(type="DELETED", body=kopf.Body(job), memo=kopf.Memo(ctx=op.ctx), logger=LOG)
     assert uid not in op.ctx.kueue_verdicts, "a replacement Job has another uid"

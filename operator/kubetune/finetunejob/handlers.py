@@ -176,17 +176,15 @@ def on_kueue_workload(type: str | None, body: kopf.Body, memo: kopf.Memo, logger
     Kueue writes it on the Workload, often after the Job's last event (a preempted job is
     requeued once its pods are gone), so without this the status would keep the old reason until
     the resync. Only Workloads of Jobs a reconcile found queued are looked at, and only a verdict
-    other than the one that reconcile read leads to another. Without Kueue's CRD at startup kopf
-    watches nothing here (it logs that the resource is unresolved).
+    other than the one that reconcile read leads to another. A deleted Workload is no reason to
+    forget its Job: Kueue recreates the Workload of a queued Job whose pod template changed, and
+    the new one's verdict counts too (the Job's own deletion forgets it). Without Kueue's CRD at
+    startup kopf watches nothing here (it logs that the resource is unresolved).
     """
     ctx: Context = memo.ctx
-    job_uid = body.metadata.labels.get(JOB_UID_LABEL)
-    known = ctx.kueue_verdicts.get(job_uid)
+    known = ctx.kueue_verdicts.get(body.metadata.labels.get(JOB_UID_LABEL))
     if known is None:
         return  # not a trainer Job, or one never queued while this process ran
-    if type == "DELETED":
-        ctx.kueue_verdicts.pop(job_uid, None)
-        return
     key, verdict = known
     if kueue_wait([dict(body)]) != verdict:
         reconcile_stored(ctx, key, logger, "kueue")
